@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
-            if e.name != module:
+            if not (e.name and module.startswith(e.name)):
                 raise
             continue  # a subcommand not built yet
         mod.register(sub)
