@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 __all__ = [
     'sample_beta', 'cut_size', 'rand_bbox', 'centred_bbox', 'box_area', 'box_masks', 'region_sum',
-    'paste_resized', 'cell_masks',
+    'paste_resized', 'cell_masks', 'sample_from_weights',
 ]
 
 
@@ -110,3 +110,17 @@ def paste_resized(dst: torch.Tensor, src: torch.Tensor, src_boxes: torch.Tensor,
         sampled = F.grid_sample(src.float(), grid, mode='bilinear', padding_mode='border', align_corners=True)
     mask = box_masks(dst_boxes, (h, w), dev) & ok[:, None, None]
     return torch.where(mask[:, None], sampled.to(dst.dtype), dst)
+
+
+def sample_from_weights(weights: torch.Tensor, u: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """A pixel (cy, cx) per sample, drawn with probability proportional to ``weights`` (N, H, W).
+
+    ``u`` holds uniform draws in [0, 1): row 0 (or the whole tensor, if 1-D) is used, by inverse CDF,
+    so the draw is replayable from ``u``. All-zero weights give pixel (0, 0). Returns CPU int64 tensors.
+    """
+    n, h, w = weights.shape
+    u0 = (u[0] if u.ndim == 2 else u).to(weights.device, torch.float64)
+    cdf = weights.flatten(1).double().cumsum(1)
+    idx = torch.searchsorted(cdf, (u0 * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=h * w - 1)
+    idx = idx.cpu()
+    return idx // w, idx % w

@@ -1,0 +1,116 @@
+""" Gutout: Grad-CAM guided Cutout
+
+Write-up and code: "Gutout: Grad-CAM Cutout" (Devpost, with released code). Instead of Cutout's random
+square, every pixel whose normalised Grad-CAM exceeds a threshold is cut (set to 0 after normalisation,
+the dataset mean): the regions the network relies on most, possibly several irregular blobs. Labels are
+unchanged.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..model_state import unwrap_model
+from ..targets import prepare_targets
+from .base import CamGuidedMode, MixParams, Option, normalise_max
+
+__all__ = ['Gutout', 'GutoutParams']
+
+THRESHOLD_DRAWS = ('fixed', 'run', 'batch', 'sample')
+
+
+@dataclass
+class GutoutParams(MixParams):
+    """Which samples are cut, their thresholds (CPU) and normalised CAMs (input's device)."""
+    threshold: torch.Tensor             # (N,) float32
+    cam: Optional[torch.Tensor]         # (N, H, W) float32, each divided by its maximum (None: nothing cut)
+
+
+class Gutout(CamGuidedMode):
+    """Gutout on the model under training.
+
+    Args:
+        t: cut pixels whose normalised CAM exceeds this (0.6).
+        t_draw: ``'fixed'`` uses ``t``; ``'run'`` draws one threshold from N(t_mean, t_std) for the whole run
+            (the released code), ``'batch'`` / ``'sample'`` draw one per batch / per sample.
+        t_mean, t_std: the normal distribution of drawn thresholds (0.9, 0.05).
+        target: CAM class: ``'label'`` (ground truth, default) or ``'pred'`` (predicted, the released code).
+        normalise: divide each map by its own maximum (``'sample'``, default) or all maps by the batch's
+            maximum (``'batch'``, the released code's first version).
+        fill: value written into cut pixels (0.0: the dataset mean after normalisation).
+        cam_model: a separate model whose CAM guides the cut (ensemble diversity: each member trains on
+            images cut with another member's CAM); Python-only. Default: the model under training.
+        (and the CAM options of :class:`~timm_camaug.modes.base.CamGuidedMode`)
+    """
+    name = 'gutout'
+    default_prob = 1.0
+    prob_per = 'sample'
+    options = (
+        Option('t', 0.6, 'cut pixels whose normalised CAM exceeds this threshold'),
+        Option('t_draw', 'fixed', "threshold: 'fixed' (t), or drawn from N(t_mean, t_std) once per 'run', "
+                                  "per 'batch' or per 'sample'", str, THRESHOLD_DRAWS),
+        Option('t_mean', 0.9, 'mean of drawn thresholds'),
+        Option('t_std', 0.05, 'standard deviation of drawn thresholds'),
+        Option('target', 'label', "CAM class: ground-truth 'label' or predicted 'pred'", str, ('label', 'pred')),
+        Option('normalise', 'sample', "divide maps by each one's own maximum ('sample') or the batch's ('batch')",
+               str, ('sample', 'batch')),
+        Option('fill', 0.0, 'value of cut pixels (after normalisation; 0 = dataset mean)'),
+    ) + CamGuidedMode.cam_options
+    python_options = ('cam_model',)
+
+    def __init__(self, *, model: nn.Module, t: float = 0.6, t_draw: str = 'fixed', t_mean: float = 0.9,
+                 t_std: float = 0.05, target: str = 'label', normalise: str = 'sample', fill: float = 0.0,
+                 cam_model: Optional[nn.Module] = None, **kwargs):
+        if t_draw not in THRESHOLD_DRAWS:
+            raise ValueError(f"gutout: t_draw must be one of {THRESHOLD_DRAWS}, got {t_draw!r}")
+        if t_draw == 'fixed' and not 0.0 <= t < 1.0:
+            raise ValueError(f"gutout: t must be in [0, 1), got {t}")
+        if t_std < 0:
+            raise ValueError(f"gutout: t_std must be >= 0, got {t_std}")
+        if target not in ('label', 'pred'):
+            raise ValueError(f"gutout: target must be 'label' or 'pred', got {target!r}")
+        if normalise not in ('sample', 'batch'):
+            raise ValueError(f"gutout: normalise must be 'sample' or 'batch', got {normalise!r}")
+        self.t, self.t_draw, self.t_mean, self.t_std = float(t), t_draw, float(t_mean), float(t_std)
+        self.target, self.normalise, self.fill = target, normalise, float(fill)
+        self._run_threshold: Optional[float] = None
+        super().__init__(model=unwrap_model(cam_model) if cam_model is not None else model, **kwargs)
+
+    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+        """(N, H, W) CAMs normalised by their maximum (per sample or per batch)."""
+        cam = self._cam_maps(x, labels if self.target == 'label' else None)
+        if self.normalise == 'batch':
+            peak = cam.amax()
+            return cam / peak if bool(peak > 0) else torch.zeros_like(cam)
+        return normalise_max(cam)
+
+    def _thresholds(self, n: int) -> torch.Tensor:
+        if self.t_draw == 'fixed':
+            return torch.full((n,), self.t)
+        if self.t_draw == 'run':
+            if self._run_threshold is None:
+                self._run_threshold = float(self.t_mean + self.t_std * torch.randn((), generator=self.generator))
+            return torch.full((n,), self._run_threshold)
+        k = 1 if self.t_draw == 'batch' else n
+        return (self.t_mean + self.t_std * torch.randn(k, generator=self.generator)).float().expand(n).clone()
+
+    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> GutoutParams:
+        _, labels = self._check_batch(x, target)
+        n = x.shape[0]
+        active = self._gate(n)
+        threshold = self._thresholds(n).float()
+        cam = self.guidance_maps(x, labels) if bool(active.any()) else None
+        return GutoutParams(active, threshold, cam)
+
+    def cut_masks(self, params: GutoutParams) -> torch.Tensor:
+        """(N, H, W) bool: the pixels ``apply`` cuts."""
+        dev = params.cam.device
+        return (params.cam > params.threshold.to(dev)[:, None, None]) & params.active.to(dev)[:, None, None]
+
+    def apply(self, x: torch.Tensor, target: torch.Tensor, params: GutoutParams) -> Tuple[torch.Tensor, torch.Tensor]:
+        soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+        if params.cam is None or not bool(params.active.any()):
+            return x, soft
+        cut = self.cut_masks(params)[:, None]
+        return torch.where(cut, torch.full((), self.fill, dtype=x.dtype, device=x.device), x), soft
