@@ -122,5 +122,5 @@ def sample_from_weights(weights: torch.Tensor, u: torch.Tensor) -> Tuple[torch.T
     u0 = (u[0] if u.ndim == 2 else u).to(weights.device, torch.float64)
     cdf = weights.flatten(1).double().cumsum(1)
     idx = torch.searchsorted(cdf, (u0 * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=h * w - 1)
-    idx = idx.cpu()
+    idx = torch.where(cdf[:, -1] > 0, idx, torch.zeros_like(idx)).cpu()
     return idx // w, idx % w

@@ -201,8 +201,9 @@ class CamGuidedMode(MixMode):
         p = next(self.model.parameters(), None)
         dev = p.device if p is not None else (self.device or torch.device('cpu'))
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        x = torch.zeros((1,) + size, device=dev, dtype=dtype)
-        self.guidance_maps(x, torch.zeros(1, dtype=torch.long, device=dev))
+        # two blank images: BatchNorm in batch-statistics mode needs more than one value per channel
+        x = torch.zeros((2,) + size, device=dev, dtype=dtype)
+        self.guidance_maps(x, torch.zeros(2, dtype=torch.long, device=dev))
 
     def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """(N, H, W) maps the mode is guided by (raw CAM here; modes refine it)."""

@@ -28,6 +28,7 @@ FILLS = ('pixel', 'zero', 'const')
 class CamEraseParams(MixParams):
     """Erased boxes (CPU), the fill's noise seed, and the normalised CAM when it guided the boxes."""
     boxes: torch.Tensor             # (N, 4) int64 [y0, y1, x0, x1], fully inside the image
+    centres: torch.Tensor           # (N, 2) int64 (row, col) drawn for the box; the box is shifted to fit
     noise_seed: int                 # seed of the per-pixel normal fill (fill='pixel')
     cam: Optional[torch.Tensor]     # (N, H, W) min-max normalised CAM (None during warm-up)
 
@@ -123,6 +124,7 @@ class CamErase(CamGuidedMode):
         # plain random erasing: a box fully inside the image, top-left corner uniform
         y0 = (u[0] * (h - bh + 1)).floor().long()
         x0 = (u[1] * (w - bw + 1)).floor().long()
+        cy, cx = y0 + bh // 2, x0 + bw // 2
         if self.cam_guided and bool(active.any()):
             cam = self.guidance_maps(x, labels)
             weights = self._weights(cam)
@@ -133,16 +135,15 @@ class CamErase(CamGuidedMode):
                 bw = torch.minimum(bw, (gx1 - gx0).clamp_min(1))
                 ry0 = gy0 + (u[0] * (gy1 - gy0 - bh + 1).clamp_min(1)).floor().long()
                 rx0 = gx0 + (u[1] * (gx1 - gx0 - bw + 1).clamp_min(1)).floor().long()
+                rcy, rcx = ry0 + bh // 2, rx0 + bw // 2
             else:
-                cy, cx = sample_from_weights(weights, u)
-                ry0 = (cy - bh // 2).clamp(min=0)
-                rx0 = (cx - bw // 2).clamp(min=0)
-                ry0 = torch.minimum(ry0, h - bh)
-                rx0 = torch.minimum(rx0, w - bw)
-            y0 = torch.where(has_region, ry0, y0)
-            x0 = torch.where(has_region, rx0, x0)
+                rcy, rcx = sample_from_weights(weights, u)
+                ry0 = torch.minimum((rcy - bh // 2).clamp(min=0), h - bh)
+                rx0 = torch.minimum((rcx - bw // 2).clamp(min=0), w - bw)
+            y0, x0 = torch.where(has_region, ry0, y0), torch.where(has_region, rx0, x0)
+            cy, cx = torch.where(has_region, rcy, cy), torch.where(has_region, rcx, cx)
         boxes = torch.stack([y0, y0 + bh, x0, x0 + bw], dim=1)
-        return CamEraseParams(active, boxes, noise_seed, cam)
+        return CamEraseParams(active, boxes, torch.stack([cy, cx], 1), noise_seed, cam)
 
     def apply(self, x: torch.Tensor, target: torch.Tensor, params: CamEraseParams) -> Tuple[torch.Tensor, torch.Tensor]:
         soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)

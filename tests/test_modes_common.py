@@ -1,0 +1,248 @@
+""" Invariants every mix mode keeps: shapes, targets, gating, exact replay, no side effects, odd inputs. """
+import argparse
+import gc
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+
+from conftest import assert_same_state, fill_grads, state_snapshot
+from timm_camaug import MIX_MODES, add_args, create_mix_fn
+from timm_camaug.targets import smooth_one_hot
+
+K = 6
+LABEL_PRESERVING = ('gutout', 'cam-erase')    # erasing modes: targets stay the (smoothed) one-hot
+SUM_TO_ONE = ('saliencymix', 'attentive')     # mixing modes whose two weights sum to 1
+DEFAULT_PROB = {'snapmix': 1.0, 'saliencymix': 1.0, 'attentive': 1.0, 'gutout': 1.0, 'cam-erase': 0.5}
+
+
+@pytest.fixture(scope='module')
+def extractor():
+    torch.manual_seed(1)
+    return timm.create_model('resnet18', num_classes=0).eval()
+
+
+def _model():
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=K, drop_rate=0.2)
+    model.train()
+    return model
+
+
+def build(mode, model, extractor, seed=0, **kw):
+    opts = dict(kw)
+    if mode == 'attentive':
+        opts.setdefault('extractor', extractor)
+        opts.setdefault('extractor_size', 64)
+    opts.setdefault('prob', 1.0)
+    return create_mix_fn(mode, model=model, num_classes=K, generator=torch.Generator().manual_seed(seed),
+                         data_config={'input_size': (3, 64, 64)}, **opts)
+
+
+def batch(n=6, h=64, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, h, w, generator=g), torch.randint(0, K, (n,), generator=g)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+@pytest.mark.parametrize('smoothing', [0.0, 0.1])
+def test_shapes_and_targets(mode, smoothing, extractor):
+    mix = build(mode, _model(), extractor, label_smoothing=smoothing)
+    x, y = batch()
+    x_orig = x.clone()
+    xm, t = mix(x, y)
+    assert xm.shape == x.shape and xm.dtype == x.dtype and xm.device == x.device
+    assert t.shape == (6, K) and t.dtype == torch.float32 and t.device == x.device
+    assert torch.equal(x, x_orig), 'the input batch must not be modified in place'
+    assert torch.isfinite(xm).all() and torch.isfinite(t).all()
+    assert (t >= 0).all()
+    one_hot = smooth_one_hot(y, K, smoothing)
+    if mode in LABEL_PRESERVING:
+        assert torch.equal(t, one_hot)
+        assert not torch.equal(xm, x), 'prob=1 must erase something'
+    else:
+        assert not torch.equal(xm, x), 'prob=1 must mix something'
+        if mode in SUM_TO_ONE:
+            torch.testing.assert_close(t.sum(1), torch.ones(6))
+        # the targets are a combination of the smoothed one-hots of y and y[perm]
+        params = mix.make_params(x, y)
+        perm = params.perm
+        w = torch.linalg.lstsq(torch.stack([one_hot, one_hot[perm]], 2), mix.apply(x, y, params)[1][:, :, None]).solution
+        torch.testing.assert_close(torch.bmm(torch.stack([one_hot, one_hot[perm]], 2), w)[:, :, 0],
+                                   mix.apply(x, y, params)[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_replay_and_seeded_reproducibility(mode, extractor):
+    model = _model()
+    x, y = batch()
+    kw = {'t_draw': 'sample'} if mode == 'gutout' else {}   # gutout's default fixed threshold draws nothing
+    mix = build(mode, model, extractor, seed=3, **kw)
+    params = mix.make_params(x, y)
+    a = mix.apply(x, y, params)
+    b = mix.apply(x, y, params)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    again = build(mode, model, extractor, seed=3, **kw)(x, y)
+    assert torch.equal(a[0], again[0]) and torch.equal(a[1], again[1])
+    other = build(mode, model, extractor, seed=4, **kw)(x, y)
+    assert not (torch.equal(a[0], other[0]) and torch.equal(a[1], other[1]))
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_prob_zero_and_disabled_leave_batch_untouched(mode, extractor):
+    x, y = batch()
+    for mix in (build(mode, _model(), extractor, prob=0.0, label_smoothing=0.1),
+                build(mode, _model(), extractor, label_smoothing=0.1)):
+        if mix.prob == 1.0:
+            mix.mixup_enabled = False      # what train.py's --mixup-off-epoch does
+        xm, t = mix(x, y)
+        assert torch.equal(xm, x)
+        assert torch.equal(t, smooth_one_hot(y, K, 0.1))
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_default_prob_and_epoch_hooks(mode, extractor):
+    mix = build(mode, _model(), extractor, prob=None)
+    assert mix.prob == DEFAULT_PROB[mode]
+    assert mix.mixup_enabled is True
+    mix.set_epoch(3)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+@pytest.mark.parametrize('shape', [(1, 64, 64), (3, 37, 53), (2, 80, 48)])
+def test_batch_size_one_and_odd_sizes(mode, shape, extractor):
+    mix = build(mode, _model(), extractor)
+    x, y = batch(*shape)
+    xm, t = mix(x, y)
+    assert xm.shape == x.shape and t.shape == (shape[0], K)
+    assert torch.isfinite(xm).all() and torch.isfinite(t).all()
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_constant_images_give_no_nan(mode, extractor):
+    mix = build(mode, _model(), extractor)
+    x = torch.zeros(4, 3, 64, 64)
+    y = torch.tensor([0, 1, 2, 3])
+    xm, t = mix(x, y)
+    assert torch.isfinite(xm).all() and torch.isfinite(t).all()
+    assert (t >= 0).all()
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_model_state_untouched(mode, extractor):
+    """Gradient accumulation, BatchNorm statistics, training flags and hooks survive every call."""
+    model = _model()
+    model.layer1.eval()
+    fill_grads(model)
+    before = state_snapshot(model)
+    mix = build(mode, model, extractor)
+    for seed in range(3):
+        mix(*batch(seed=seed))
+    assert_same_state(before, state_snapshot(model))
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_bf16_autocast_and_channels_last(mode, extractor):
+    model = _model()
+    x, y = batch()
+    ref = build(mode, model, extractor, seed=5)(x, y)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        xm, t = build(mode, model, extractor, seed=5)(x, y)
+    assert xm.dtype == x.dtype and t.dtype == torch.float32
+    assert torch.isfinite(xm).all() and torch.isfinite(t).all()
+    model_cl = model.to(memory_format=torch.channels_last)
+    xc, tc = build(mode, model_cl, extractor, seed=5)(x.contiguous(memory_format=torch.channels_last), y)
+    torch.testing.assert_close(xc, ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(tc, ref[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_soft_targets_in(mode, extractor):
+    x, y = batch()
+    ints = build(mode, _model(), extractor, seed=7)(x, y)
+    soft = build(mode, _model(), extractor, seed=7)(x, F.one_hot(y, K).float())
+    torch.testing.assert_close(soft[0], ints[0])
+    torch.testing.assert_close(soft[1], ints[1])
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_bad_batches(mode, extractor):
+    mix = build(mode, _model(), extractor)
+    x, y = batch()
+    with pytest.raises(ValueError, match=r'x must be an \(N, C, H, W\) tensor, got \(3, 64, 64\)'):
+        mix(x[0], y)
+    with pytest.raises(ValueError, match=f'label {K} is out of range for num_classes={K}'):
+        mix(x, torch.full((6,), K))
+    with pytest.raises(ValueError, match='target has 5 labels for a batch of 6'):
+        mix(x, y[:5])
+    with pytest.raises(ValueError, match=rf'soft target has shape \(6, 3\), expected \(6, {K}\)'):
+        mix(x, torch.zeros(6, 3))
+    with pytest.raises(ValueError, match='x must be a float tensor'):
+        mix(x.to(torch.uint8), y)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_no_memory_growth(mode, extractor):
+    mix = build(mode, _model(), extractor)
+    for seed in range(2):
+        mix(*batch(seed=seed))
+
+    def live():
+        gc.collect()
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+    start = live()
+    for seed in range(10):
+        mix(*batch(seed=seed))
+    assert live() <= start
+
+
+def _parser():
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--num-classes', type=int, default=K)
+    parser.add_argument('--smoothing', type=float, default=0.0)
+    parser.add_argument('--epochs', type=int, default=10)
+    add_args(parser)
+    return parser
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_create_from_train_args(mode, extractor):
+    args = _parser().parse_args(['--mix-mode', mode, '--smoothing', '0.1'])
+    assert args.mix_mode == mode
+    kw = {'extractor': extractor, 'extractor_size': 64} if mode == 'attentive' else {}
+    mix = create_mix_fn(args, model=_model(), data_config={'input_size': (3, 64, 64)}, **kw)
+    assert mix.name == mode and mix.num_classes == K and mix.label_smoothing == 0.1
+    assert mix.prob == DEFAULT_PROB[mode]
+    if mode == 'cam-erase':
+        assert mix.warmup_epochs == 5, 'built from args, the warm-up is half of --epochs'
+        assert build(mode, _model(), extractor).warmup_epochs == 0, 'built by name, there is no warm-up'
+    x, y = batch()
+    xm, t = mix(x, y)
+    assert t.shape == (6, K)
+
+
+def test_defaults_of_the_methods_table():
+    args = _parser().parse_args([])
+    assert args.mix_mode == 'none'
+    assert args.snapmix_beta == 5.0 and args.snapmix_boxes == 'batch' and args.snapmix_cam_bn == 'batch'
+    assert args.saliencymix_beta == 1.0 and args.saliencymix_variant == 'paper'
+    assert args.attentive_extractor == 'resnet50' and args.attentive_top_n == 6 and args.attentive_reduce == 'mean'
+    assert args.gutout_t == 0.6 and args.gutout_target == 'label'
+    assert args.cam_erase_warmup_epochs is None and args.cam_erase_t == 0.5 and args.cam_erase_prob == 0.5
+    assert args.cam_erase_area_min == 0.02 and args.cam_erase_area_max == 0.4 and args.cam_erase_fill == 'pixel'
+
+
+def test_unknown_mode_and_option_errors():
+    with pytest.raises(ValueError, match="unknown mix mode 'snapmixx'; choose one of snapmix, saliencymix"):
+        create_mix_fn('snapmixx', num_classes=3)
+    with pytest.raises(TypeError, match='snapmix: unknown option.s. betaa'):
+        create_mix_fn('snapmix', model=_model(), num_classes=K, betaa=2.0)
+    with pytest.raises(ValueError, match='snapmix needs the model under training'):
+        create_mix_fn('snapmix', num_classes=K)
+    with pytest.raises(SystemExit):
+        _parser().parse_args(['--mix-mode', 'snapmixx'])
