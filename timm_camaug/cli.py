@@ -12,8 +12,6 @@ COMMANDS = {
     'prepare': 'timm_camaug.datasets.prepare',
     'preview': 'timm_camaug.preview',
     'demo': 'timm_camaug.demo',
-    'cam': 'timm_camaug.cam_summary',
-    'bench': 'timm_camaug.bench',
 }
 
 
