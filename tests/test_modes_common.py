@@ -36,6 +36,7 @@ def build(mode, model, extractor, seed=0, **kw):
     if mode == 'attentive':
         opts.setdefault('extractor', extractor)
         opts.setdefault('extractor_size', 64)
+        opts.setdefault('top_n', 3)           # a 64 px resnet18 map is a 2 x 2 grid
     opts.setdefault('prob', 1.0)
     return create_mix_fn(mode, model=model, num_classes=K, generator=torch.Generator().manual_seed(seed),
                          data_config={'input_size': (3, 64, 64)}, **opts)
@@ -214,7 +215,7 @@ def _parser():
 def test_create_from_train_args(mode, extractor):
     args = _parser().parse_args(['--mix-mode', mode, '--smoothing', '0.1'])
     assert args.mix_mode == mode
-    kw = {'extractor': extractor, 'extractor_size': 64} if mode == 'attentive' else {}
+    kw = {'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}
     mix = create_mix_fn(args, model=_model(), data_config={'input_size': (3, 64, 64)}, **kw)
     assert mix.name == mode and mix.num_classes == K and mix.label_smoothing == 0.1
     assert mix.prob == DEFAULT_PROB[mode]

@@ -1,0 +1,190 @@
+""" Attentive CutMix
+
+Paper: Attentive CutMix: An Enhanced Data Augmentation Approach for Deep Learning Based Image
+Classification, Walawalkar et al., ICASSP 2020 (https://arxiv.org/abs/2003.13048). The authors released no code.
+
+A frozen, ImageNet-pretrained feature extractor (not the model under training) ranks the cells of its final
+feature-map grid (7x7 for ResNet-50 at 224 px) for image A = ``x[perm[i]]``; the pixel blocks of A's top-N
+cells are pasted onto image B = ``x[i]`` at the same positions, and A's label weighs the pasted fraction of
+the image (N/49 when the grid divides the image). As in the paper, the attention map is that of the image
+whose patches are pasted (A), so that A's most informative regions are what B receives.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..boxes import cell_masks
+from ..extractor import create_timm_model, freeze, frozen_copy, model_mean_std, spatial_features
+from ..pixels import denormalize, normalize
+from ..targets import mix_soft_targets, prepare_targets
+from .base import MixMode, MixParams, Option, _optional_str
+
+__all__ = ['AttentiveCutMix', 'AttentiveParams', 'REDUCTIONS', 'reduce_channels', 'top_cells']
+
+REDUCTIONS = ('mean', 'max', 'l2')
+_OFFLINE_HINT = ("a local checkpoint file with extractor_checkpoint=<file> "
+                 "(train.py: --attentive-extractor-checkpoint <file>)")
+
+
+@dataclass
+class AttentiveParams(MixParams):
+    """Random draws (CPU) and the extractor's cell ranking (input's device) of one Attentive CutMix call."""
+    perm: torch.Tensor              # (N,) int64: sample i receives cells of sample perm[i]
+    maps: Optional[torch.Tensor]    # (N, g_h, g_w) float32 reduced feature map of each unmixed x[j]; None if inactive
+    cells: torch.Tensor             # (N, g_h, g_w) bool: cells pasted into x[i], the top-N of maps[perm[i]]
+
+
+def reduce_channels(features: torch.Tensor, reduce: str = 'mean') -> torch.Tensor:
+    """(N, C, h, w) feature maps -> (N, h, w) float32 cell scores: channel 'mean', 'max' or 'l2' norm."""
+    f = features.float()
+    if reduce == 'mean':
+        return f.mean(1)
+    if reduce == 'max':
+        return f.amax(1)
+    if reduce == 'l2':
+        return torch.linalg.vector_norm(f, dim=1)
+    raise ValueError(f"unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+
+
+def top_cells(maps: torch.Tensor, n: int) -> torch.Tensor:
+    """(N, h, w) bool: the ``n`` highest cells of each (h, w) map."""
+    flat = maps.flatten(1)
+    idx = flat.topk(n, dim=1).indices
+    return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True).view_as(maps)
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(abs(u - v) < 1e-6 for u, v in zip(a, b))
+
+
+class AttentiveCutMix(MixMode):
+    """Attentive CutMix (Walawalkar et al., ICASSP 2020).
+
+    Args:
+        extractor: a timm model name (created with ``pretrained=True``; the paper's choice is ``'resnet50'``),
+            or an ``nn.Module`` (a frozen copy is used; the caller's module is not changed). Its
+            ``forward_features`` (or forward) must give a spatial (N, C, h, w) feature map.
+        extractor_checkpoint: local weights file for the named timm model, for machines without internet:
+            a plain state_dict or a timm/train.py checkpoint (EMA weights preferred when present).
+        extractor_size: the batch is resized (bilinear, antialiased) to this square size for the extractor.
+        top_n: cells pasted per sample, 1 .. the number of grid cells (6, the paper's best on a 7x7 grid).
+        reduce: channel reduction that ranks the cells: ``'mean'`` (default; the paper does not say),
+            ``'max'`` or ``'l2'``.
+        (and the options of :class:`~timm_camaug.modes.base.MixMode`)
+
+    The extractor runs in eval mode without gradient, under ``amp_autocast``, on the input's device (moved
+    there once), on the batch re-normalised from the data config's mean/std to its own ``pretrained_cfg``
+    mean/std (ImageNet's for modules without one). It is a plain attribute, never part of the model under
+    training. One forward of a blank image at construction finds its grid and fails early on a bad extractor.
+    """
+    name = 'attentive'
+    default_prob = 1.0
+    prob_per = 'batch'
+    options = (
+        Option('extractor', 'resnet50', 'timm model name of the frozen ImageNet-pretrained feature extractor '
+                                        '(weights from the hub unless --attentive-extractor-checkpoint)', str),
+        Option('extractor_checkpoint', None, 'local weights file of the extractor, for machines without internet '
+                                             '(state_dict or timm checkpoint)', _optional_str),
+        Option('extractor_size', 224, 'square input size of the extractor (the batch is resized to it)', int),
+        Option('top_n', 6, 'grid cells pasted per image (1 .. cells of the grid, 49 for resnet50 at 224)', int),
+        Option('reduce', 'mean', 'channel reduction of the feature map that ranks the cells', str, REDUCTIONS),
+    )
+
+    def __init__(self, *, extractor: Union[str, nn.Module] = 'resnet50', extractor_checkpoint: Optional[str] = None,
+                 extractor_size: int = 224, top_n: int = 6, reduce: str = 'mean', **kwargs):
+        super().__init__(**kwargs)
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"attentive: unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
+        if not isinstance(extractor_size, int) or extractor_size < 1:
+            raise ValueError(f"attentive: extractor_size must be a positive int, got {extractor_size!r}")
+        if not isinstance(top_n, int) or top_n < 1:
+            raise ValueError(f"attentive: top_n must be an int >= 1, got {top_n!r}")
+        if isinstance(extractor, nn.Module):
+            if extractor_checkpoint is not None:
+                raise ValueError("attentive: extractor_checkpoint applies to a timm model name; "
+                                 "load the weights into the module before passing it")
+            self.extractor_name = type(extractor).__name__
+            self.extractor = frozen_copy(extractor)
+        elif isinstance(extractor, str):
+            self.extractor_name = extractor
+            try:
+                model = create_timm_model(extractor, extractor_checkpoint, num_classes=0, offline_hint=_OFFLINE_HINT)
+            except (ValueError, RuntimeError) as e:
+                raise (ValueError if isinstance(e, ValueError) else RuntimeError)(f"attentive extractor: {e}") from e
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"attentive: extractor_checkpoint: {e}") from e
+            self.extractor = freeze(model)
+        else:
+            raise TypeError(f"attentive: extractor must be a timm model name or an nn.Module, "
+                            f"got {type(extractor).__name__}")
+        self.extractor_checkpoint = extractor_checkpoint
+        self.extractor_size = extractor_size
+        self.top_n = top_n
+        self.reduce = reduce
+        self.extractor_mean, self.extractor_std = model_mean_std(self.extractor)
+        self._renormalise = not (_same(self.mean, self.extractor_mean) and _same(self.std, self.extractor_std))
+        self._device: Optional[torch.device] = None
+        if self.device is not None:
+            self._move_to(self.device)
+        probe = torch.zeros(1, len(self.mean), extractor_size, extractor_size, device=self.device)
+        self.grid: Tuple[int, int] = tuple(self.grid_maps(probe).shape[-2:])
+
+    def __repr__(self) -> str:
+        return (f"AttentiveCutMix(prob={self.prob}, extractor={self.extractor_name!r}, "
+                f"extractor_checkpoint={self.extractor_checkpoint!r}, extractor_size={self.extractor_size}, "
+                f"top_n={self.top_n}, reduce={self.reduce!r}, grid={getattr(self, 'grid', None)})")
+
+    def _move_to(self, device: torch.device) -> None:
+        self.extractor.to(device)
+        self._device = device
+
+    def _check_top_n(self, grid: Tuple[int, int]) -> None:
+        cells = grid[0] * grid[1]
+        if self.top_n > cells:
+            raise ValueError(f"attentive: top_n={self.top_n} is out of range for the extractor's {grid[0]}x{grid[1]} "
+                             f"grid (1..{cells}); lower --attentive-top-n or raise --attentive-extractor-size")
+
+    def grid_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, g_h, g_w) float32 cell scores of the normalised batch ``x``: the reduced extractor feature map."""
+        if self._device != x.device:
+            self._move_to(x.device)
+        size = (self.extractor_size, self.extractor_size)
+        xe = x.float()
+        if tuple(xe.shape[-2:]) != size:
+            xe = F.interpolate(xe, size=size, mode='bilinear', align_corners=False, antialias=True)
+        if self._renormalise:
+            xe = normalize(denormalize(xe, self.mean, self.std), self.extractor_mean, self.extractor_std)
+        with torch.no_grad(), self.amp_autocast():
+            try:
+                features = spatial_features(self.extractor, xe)
+            except ValueError as e:
+                raise ValueError(f"attentive: extractor {self.extractor_name!r}: {e}") from e
+        maps = reduce_channels(features, self.reduce)
+        self._check_top_n(tuple(maps.shape[-2:]))
+        return maps
+
+    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> AttentiveParams:
+        self._check_batch(x, target)
+        n = x.shape[0]
+        active = self._gate(n)
+        if not bool(active.any()):
+            return AttentiveParams(active, torch.arange(n), None,
+                                   torch.zeros((n,) + self.grid, dtype=torch.bool, device=x.device))
+        perm = self._randperm(n)
+        maps = self.grid_maps(x)
+        return AttentiveParams(active, perm, maps, top_cells(maps[perm.to(maps.device)], self.top_n))
+
+    def apply(self, x: torch.Tensor, target: torch.Tensor,
+              params: AttentiveParams) -> Tuple[torch.Tensor, torch.Tensor]:
+        soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+        if not bool(params.active.any()):
+            return x, soft
+        perm = params.perm.to(x.device)
+        cells = params.cells.to(x.device) & params.active.to(x.device)[:, None, None]
+        mask = cell_masks(cells, x.shape[-2:])                          # (N, H, W)
+        x_mixed = torch.where(mask[:, None], x[perm], x)
+        a = mask.flatten(1).float().mean(1)                             # pasted fraction: A's label weight
+        return x_mixed, mix_soft_targets(soft, perm, 1.0 - a, a)
