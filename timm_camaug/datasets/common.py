@@ -1,0 +1,511 @@
+""" What the three dataset converters share: the listing a reader returns, class folder names, the
+atomic tree builder (links, copies or cropped copies, image checks, progress) and the summary.
+
+The tree is timm's folder layout: ``DST/train/<class>/<image>`` and ``DST/val/<class>/<image>``, class
+folders ``<zero-padded official index>_<file-system-safe name>`` so that timm's natural sort (and a plain
+sort) gives the official class order, plus ``DST/class_map.txt`` (one folder per line, in class-index
+order: train.py's ``--class-map``) and ``DST/classes.json`` (official names and per-split counts).
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import stat
+import sys
+import tempfile
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+__all__ = [
+    'PrepareError', 'Sample', 'Listing', 'BuildResult', 'SPLITS', 'LINK_MODES', 'VERIFY_MODES',
+    'CLASS_MAP_FILE', 'CLASSES_FILE', 'safe_name', 'class_folder_names', 'read_id_value_file',
+    'check_destination', 'build_tree', 'format_summary', 'summary_warnings',
+]
+
+SPLITS = ('train', 'val')
+LINK_MODES = ('symlink', 'relative', 'hardlink', 'copy')
+VERIFY_MODES = ('full', 'header', 'none')
+CLASS_MAP_FILE = 'class_map.txt'
+CLASSES_FILE = 'classes.json'
+_MAX_LISTED = 10  # how many offending files an error message names before summarising the rest
+
+
+class PrepareError(Exception):
+    """A problem with the download or the destination, reported to the user as one clear message."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of the official split: its source path, split ('train'/'val'), 0-based official label,
+    file name inside its class folder, and the annotation file that lists it (for error messages)."""
+    path: str
+    split: str
+    label: int
+    name: str
+    listed_in: str
+
+
+@dataclass
+class Listing:
+    """Everything a reader found in the official download; ``build_tree`` turns it into the folder tree."""
+    dataset: str  # 'cub' | 'cars' | 'aircraft'
+    title: str  # human-readable name, e.g. 'CUB-200-2011'
+    root: str  # the dataset folder that was read
+    classes: List[str]  # official class names in official order
+    samples: List[Sample]
+    official_counts: Dict[str, int]  # {'train': ..., 'val': ..., 'classes': ...} of the full official release
+    split_names: Dict[str, str] = field(default_factory=lambda: {'train': 'train', 'val': 'test'})
+    crop_bottom: int = 0  # rows cut from the bottom of every image (FGVC-Aircraft's copyright banner)
+    level: Optional[str] = None  # FGVC-Aircraft's annotation level
+    folder_names: Optional[List[str]] = None  # defaults to class_folder_names(classes)
+
+    def __post_init__(self):
+        if self.folder_names is None:
+            self.folder_names = class_folder_names(self.classes)
+
+
+@dataclass
+class BuildResult:
+    """Per-split, per-class image counts of a finished tree, and where it is."""
+    dst: str
+    counts: Dict[str, Counter]
+    link: str
+    written_bytes: int = 0
+
+    def images(self, split: str) -> int:
+        return sum(self.counts[split].values())
+
+    def classes(self, split: str) -> int:
+        return len(self.counts[split])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# names and annotation files
+
+def safe_name(name: str) -> str:
+    """A file-system-safe folder name for an official class name: ``/`` and ``\\`` become ``-``, white
+    space and anything but letters, digits, ``.``, ``+``, ``-`` and ``_`` become ``_``."""
+    s = re.sub(r'[/\\]', '-', name.strip())
+    s = re.sub(r'\s+', '_', s)
+    s = re.sub(r'[^\w.+-]', '_', s)
+    s = re.sub(r'_+', '_', s).strip('._-')
+    return s or 'class'
+
+
+def class_folder_names(classes: Sequence[str]) -> List[str]:
+    """``<index>_<safe name>`` per class, the index zero-padded (at least 3 digits) so that natural and
+    plain sorting both give the official order."""
+    width = max(3, len(str(len(classes) - 1)))
+    return [f'{i:0{width}d}_{safe_name(c)}' for i, c in enumerate(classes)]
+
+
+def read_id_value_file(path: Path, what: str, *, int_values: bool = False) -> Dict[int, str]:
+    """Read a CUB-style ``<id> <value>`` file into an ordered {id: value} dict, with a clear error naming
+    the file and line for anything that is not such a line (a truncated download, a wrong file)."""
+    if not path.is_file():
+        raise PrepareError(f'{what} not found: {path}')
+    out: Dict[int, str] = {}
+    with open(path, encoding='utf-8') as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2 or not parts[0].isdigit() or (int_values and not parts[1].strip().isdigit()):
+                expected = '<id> <number>' if int_values else '<id> <value>'
+                raise PrepareError(
+                    f'{path}, line {lineno}: expected "{expected}", got {line.rstrip()!r} '
+                    f'(is the file truncated? extract it again from the archive)')
+            key = int(parts[0])
+            if key in out:
+                raise PrepareError(f'{path}, line {lineno}: id {key} appears twice (the file is damaged)')
+            out[key] = parts[1].strip()
+    if not out:
+        raise PrepareError(f'{path} is empty (the file is truncated; extract it again from the archive)')
+    return out
+
+
+def _gb(n: int) -> str:
+    return f'{n / 1e9:.2f} GB' if n >= 1e8 else f'{n / 1e6:.1f} MB'
+
+
+def _list_paths(paths: Sequence[str]) -> str:
+    shown = '\n'.join(f'  {p}' for p in paths[:_MAX_LISTED])
+    more = f'\n  ... and {len(paths) - _MAX_LISTED} more' if len(paths) > _MAX_LISTED else ''
+    return shown + more
+
+
+# ----------------------------------------------------------------------------------------------------------
+# destination
+
+def _is_within(path: str, parent: str) -> bool:
+    path, parent = os.path.realpath(path), os.path.realpath(parent)
+    return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
+
+
+def check_destination(dst: str, overwrite: bool, source_root: Optional[str] = None) -> Path:
+    """Refuse a DST that cannot be (re)built safely; returns it as an absolute path.
+
+    DST may be missing or an empty directory; a non-empty one needs ``overwrite``. A DST that is a file,
+    a symbolic link, or contains the dataset being read is always refused.
+    """
+    path = Path(os.path.abspath(dst))
+    if path.is_symlink():
+        raise PrepareError(f'DST {path} is a symbolic link; give the real directory instead')
+    if path.exists():
+        if not path.is_dir():
+            raise PrepareError(f'DST {path} exists and is not a directory')
+        if any(path.iterdir()) and not overwrite:
+            raise PrepareError(
+                f'DST {path} exists and is not empty; pass --overwrite to replace it (only DST itself is '
+                f'replaced, once the new tree is complete)')
+    if source_root is not None and _is_within(source_root, str(path)):
+        raise PrepareError(f'DST {path} contains the dataset being read ({source_root}); choose another DST')
+    if path.parent.exists() and not path.parent.is_dir():
+        raise PrepareError(f'the parent of DST, {path.parent}, is not a directory')
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# progress
+
+class _Progress:
+    """tqdm when it is installed (it comes with timm through huggingface_hub), else a plain line per 10%."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled = total, desc, enabled
+        self.n, self._next_report, self._bar = 0, 0.1, None
+        if not enabled:
+            return
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            print(f'{desc}: {total} images', file=sys.stderr, flush=True)
+        else:
+            self._bar = tqdm(total=total, desc=desc, unit='img', file=sys.stderr, dynamic_ncols=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self.total and self.n / self.total >= self._next_report:
+            print(f'{self.desc}: {100 * self.n // self.total}% ({self.n}/{self.total})', file=sys.stderr, flush=True)
+            while self._next_report <= self.n / self.total:
+                self._next_report += 0.1
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-image work (run in threads: PIL decodes and file-system calls release the GIL)
+
+class _ImageProblem(Exception):
+    """An image that cannot be read; collected per file and reported together."""
+
+
+def _check_image(path: str, verify: str) -> None:
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            if verify == 'full':
+                # JPEG: decode at 1/8 scale, which still reads every entropy-coded byte (finds truncation)
+                im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+                im.load()
+            else:
+                im.verify()
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for broken files
+        raise _ImageProblem(f'{type(e).__name__}: {e}') from None
+
+
+def _write_cropped(src: str, dst: str, bottom: int) -> int:
+    """Write ``src`` without its bottom ``bottom`` rows; JPEGs are re-encoded with the source's own
+    quantisation tables and chroma subsampling (the closest to lossless a crop can be)."""
+    from PIL import Image, JpegImagePlugin
+    try:
+        with Image.open(src) as im:
+            im.load()
+            w, h = im.size
+            if h <= bottom:
+                raise _ImageProblem(f'{w}x{h} pixels: too small to crop the {bottom}-pixel banner')
+            out = im.crop((0, 0, w, h - bottom))
+            kw = {k: im.info[k] for k in ('icc_profile', 'exif', 'dpi') if im.info.get(k)}
+            fmt = im.format
+            if fmt == 'JPEG':
+                kw['qtables'] = im.quantization
+                sampling = JpegImagePlugin.get_sampling(im)
+                if sampling != -1:
+                    kw['subsampling'] = sampling
+    except _ImageProblem:
+        raise
+    except Exception as e:
+        raise _ImageProblem(f'{type(e).__name__}: {e}') from None
+    out.save(dst, format=fmt, **kw)
+    return os.path.getsize(dst)
+
+
+def _place(sample: Sample, target: str, link_target: str, link: str, verify: str, crop_bottom: int) -> int:
+    """Put one image at ``target``; returns the bytes written (0 for links)."""
+    if crop_bottom:
+        return _write_cropped(sample.path, target, crop_bottom)
+    if verify != 'none':
+        _check_image(sample.path, verify)
+    if link in ('symlink', 'relative'):
+        os.symlink(link_target, target)
+        return 0
+    if link == 'hardlink':
+        os.link(sample.path, target)
+        return 0
+    shutil.copy2(sample.path, target)
+    return os.path.getsize(target)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the build
+
+def _check_sources(listing: Listing) -> int:
+    """Every listed image must exist, be listed once, and land at a distinct place; returns total bytes."""
+    missing, total = [], 0
+    by_path: Dict[str, Sample] = {}
+    by_target: Dict[Tuple[str, int, str], Sample] = {}
+    for s in listing.samples:
+        if s.path in by_path:
+            raise PrepareError(f'{s.path} is listed twice ({by_path[s.path].listed_in} and {s.listed_in})')
+        by_path[s.path] = s
+        key = (s.split, s.label, s.name)
+        if key in by_target:
+            raise PrepareError(
+                f'{s.path} and {by_target[key].path} would both become '
+                f'{s.split}/{listing.folder_names[s.label]}/{s.name}')
+        by_target[key] = s
+        try:
+            st = os.stat(s.path)
+        except OSError:
+            missing.append(s)
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            missing.append(s)
+            continue
+        total += st.st_size
+    if missing:
+        files = sorted({m.listed_in for m in missing})
+        raise PrepareError(
+            f'{len(missing)} image(s) listed in {", ".join(files)} are missing (or not files):\n'
+            f'{_list_paths([m.path for m in missing])}\n'
+            f'(an incomplete download or extraction? extract the image archive again)')
+    return total
+
+
+def _unique_sibling(dst: Path, tag: str) -> Path:
+    while True:
+        p = dst.with_name(f'{dst.name}.{tag}-{uuid.uuid4().hex[:8]}')
+        if not os.path.lexists(p):
+            return p
+
+
+def build_tree(
+        listing: Listing,
+        dst: str,
+        *,
+        link: str = 'symlink',
+        verify: str = 'full',
+        overwrite: bool = False,
+        workers: Optional[int] = None,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+) -> BuildResult:
+    """Write ``listing`` as ``dst/{train,val}/<class folder>/<image>`` plus the class map files.
+
+    ``link``: 'symlink' (absolute links, the default), 'relative' (relative links), 'hardlink' or 'copy';
+    ignored (files are written) when the listing crops images. ``verify``: 'full' decodes every linked or
+    copied image (at reduced scale for JPEG), 'header' only parses headers, 'none' skips the check.
+    Everything is built in a temporary sibling ``<dst>.tmp-XXXX`` that is renamed to ``dst`` at the end,
+    so a failure leaves no partial tree; an existing ``dst`` (with ``overwrite``) is removed only after
+    the new tree is complete.
+    """
+    if link not in LINK_MODES:
+        raise ValueError(f'link must be one of {LINK_MODES}, got {link!r}')
+    if verify not in VERIFY_MODES:
+        raise ValueError(f'verify must be one of {VERIFY_MODES}, got {verify!r}')
+    dst_path = check_destination(dst, overwrite, listing.root)
+    if not listing.samples:
+        raise PrepareError(f'no images listed in {listing.root}')
+    source_bytes = _check_sources(listing)
+
+    parent = dst_path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PrepareError(f'cannot create {parent}: {e.strerror or e}') from None
+    writes = listing.crop_bottom > 0 or link == 'copy'
+    if writes:
+        free = shutil.disk_usage(parent).free
+        if source_bytes > free:
+            raise PrepareError(
+                f'{"cropping" if listing.crop_bottom else "copying"} needs about {_gb(source_bytes)} in {parent}, '
+                f'but only {_gb(free)} is free')
+    stale = sorted(str(p) for p in parent.glob(f'{glob.escape(dst_path.name)}.tmp-*') if p.is_dir())
+    if stale:
+        log(f'warning: leftovers of an interrupted run (safe to delete): {", ".join(stale)}')
+
+    folders = listing.folder_names
+    real_final = os.path.join(os.path.realpath(parent), dst_path.name)  # where relative links are resolved from
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f'{dst_path.name}.tmp-', dir=parent))
+    except OSError as e:
+        raise PrepareError(f'cannot create a folder in {parent}: {e.strerror or e}') from None
+    old: Optional[Path] = None
+    moved_in = False
+    try:
+        counts = {split: Counter() for split in SPLITS}
+        for s in listing.samples:
+            counts[s.split][s.label] += 1
+        for split in SPLITS:
+            for label in counts[split]:
+                (tmp / split / folders[label]).mkdir(parents=True)
+
+        jobs = []
+        for s in listing.samples:
+            rel = os.path.join(s.split, folders[s.label], s.name)
+            if link == 'relative':
+                link_target = os.path.relpath(
+                    os.path.realpath(s.path), os.path.join(real_final, s.split, folders[s.label]))
+            else:
+                link_target = os.path.abspath(s.path)
+            jobs.append((s, str(tmp / rel), link_target))
+
+        bad: List[Tuple[str, str]] = []
+        written = 0
+        n_workers = max(1, workers or min(8, os.cpu_count() or 1))
+        verb = ('cropping' if listing.crop_bottom
+                else {'copy': 'copying', 'hardlink': 'hard-linking'}.get(link, 'linking'))
+        bar = _Progress(len(jobs), f'{listing.dataset}: {verb}', progress)
+        pool = ThreadPoolExecutor(max_workers=n_workers)
+        try:
+            futures = {pool.submit(_place, s, target, lt, link, verify, listing.crop_bottom): s
+                       for s, target, lt in jobs}
+            for fut in as_completed(futures):
+                s = futures[fut]
+                try:
+                    written += fut.result()
+                except _ImageProblem as e:
+                    bad.append((s.path, str(e)))
+                except OSError as e:
+                    raise PrepareError(_os_error_message(e, s, link)) from None
+                bar.update()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # also on Ctrl-C: drop what has not started
+            bar.close()
+        if bad:
+            bad.sort()
+            lines = [f'{p}: {msg}' for p, msg in bad]
+            hint = '' if listing.crop_bottom else ' (or pass --verify none to link them unchecked)'
+            raise PrepareError(
+                f'{len(bad)} image(s) cannot be read:\n{_list_paths(lines)}\n'
+                f'replace them from the original archive{hint}')
+
+        _write_class_files(tmp, listing, counts, link)
+
+        if dst_path.exists():
+            if any(dst_path.iterdir()):
+                old = _unique_sibling(dst_path, 'old')
+                os.rename(dst_path, old)
+            else:
+                dst_path.rmdir()
+        os.rename(tmp, dst_path)
+        moved_in = True
+    except BaseException as e:
+        if not moved_in:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old is not None and not os.path.lexists(dst_path):
+                os.rename(old, dst_path)
+        if isinstance(e, OSError):  # writing the class files or moving the tree into place
+            raise PrepareError(f'{e.filename or dst_path}: {e.strerror or e}') from None
+        raise
+    if old is not None:
+        try:
+            shutil.rmtree(old)  # the replaced DST: links are removed, never what they point to
+        except OSError as e:
+            log(f'warning: the new tree is in place, but the old one could not be fully removed: {old} ({e})')
+    return BuildResult(dst=str(dst_path), counts=counts, link='crop' if listing.crop_bottom else link,
+                       written_bytes=written)
+
+
+def _os_error_message(e: OSError, s: Sample, link: str) -> str:
+    import errno
+    if link == 'hardlink' and e.errno == errno.EXDEV:
+        return (f'cannot hard-link {s.path}: DST is on another file system than the dataset; '
+                f'use the default symbolic links or --copy')
+    if link in ('symlink', 'relative') and e.errno in (errno.EPERM, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return f'cannot create a symbolic link for {s.path} ({e.strerror}); use --copy or --link hardlink'
+    return f'{s.path}: {e.strerror or e}'
+
+
+def _write_class_files(root: Path, listing: Listing, counts: Dict[str, Counter], link: str) -> None:
+    folders = listing.folder_names
+    with open(root / CLASS_MAP_FILE, 'w', encoding='utf-8') as f:
+        f.write(''.join(name + '\n' for name in folders))
+    meta = {
+        'dataset': listing.title,
+        'source': listing.root,
+        'level': listing.level,
+        'splits': {split: listing.split_names[split] for split in SPLITS},
+        'files': 'cropped copies' if listing.crop_bottom else link,
+        'cropped_bottom_pixels': listing.crop_bottom,
+        'classes': [
+            {'index': i, 'folder': folders[i], 'name': name,
+             **{split: counts[split].get(i, 0) for split in SPLITS}}
+            for i, name in enumerate(listing.classes)
+        ],
+    }
+    with open(root / CLASSES_FILE, 'w', encoding='utf-8') as f:
+        json.dump(meta, f, indent=1, ensure_ascii=False)
+        f.write('\n')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# summary
+
+def summary_warnings(listing: Listing, result: BuildResult) -> List[str]:
+    """Differences from the official release (a subset is fine, but should be deliberate) and class sets
+    that differ between the splits (then only ``--class-map`` keeps train and val labels consistent)."""
+    out = []
+    off = listing.official_counts
+    for split in SPLITS:
+        n, k = result.images(split), result.classes(split)
+        if n != off[split] or k != off['classes']:
+            out.append(
+                f'{split} has {n:,} images in {k} classes; the official {listing.split_names[split]} split of '
+                f'{listing.title} has {off[split]:,} in {off["classes"]} (fine for a subset, otherwise check '
+                f'the download)')
+    if len(listing.classes) != off['classes']:
+        out.append(f'the class list has {len(listing.classes)} classes; {listing.title} has {off["classes"]}')
+    train_set, val_set = set(result.counts['train']), set(result.counts['val'])
+    if train_set != val_set:
+        out.append(
+            f'train and val hold different classes ({len(train_set - val_set)} only in train, '
+            f'{len(val_set - train_set)} only in val): timm numbers each split\'s folders on its own, so pass '
+            f'--class-map {os.path.join(result.dst, CLASS_MAP_FILE)} and --num-classes {len(listing.classes)} '
+            f'to train.py')
+    return out
+
+
+def format_summary(listing: Listing, result: BuildResult) -> str:
+    """A small table of images and classes per split next to the official counts."""
+    off = listing.official_counts
+    rows = [('split', 'images', 'classes', 'official', '')]
+    for split in SPLITS:
+        n, k = result.images(split), result.classes(split)
+        ok = 'ok' if (n, k) == (off[split], off['classes']) else 'differs'
+        rows.append((split, f'{n:,}', str(k), f'{off[split]:,} / {off["classes"]} ({listing.split_names[split]})', ok))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ['  '.join(c.rjust(w) if i in (1, 2) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in rows]
+    return '\n'.join(lines)
