@@ -5,14 +5,35 @@
     mix_fn = timm_camaug.create_mix_fn('snapmix', model=model, num_classes=200)
     x, soft_target = mix_fn(x, target)
 """
-from .args import add_args, check_train_args, is_active
-from .cam import CAM_METHODS, class_activation_maps
-from .factory import create_mix_fn
-from .modes import MIX_MODES, get_mode_class
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = '0.1.0'
 
-__all__ = [
-    'MIX_MODES', 'CAM_METHODS', 'create_mix_fn', 'add_args', 'is_active', 'check_train_args',
-    'class_activation_maps', 'get_mode_class', '__version__',
-]
+# public name -> submodule; imported on first use so that the console script starts without torch
+_LAZY = {
+    'MIX_MODES': 'modes', 'get_mode_class': 'modes',
+    'CAM_METHODS': 'cam', 'class_activation_maps': 'cam',
+    'create_mix_fn': 'factory',
+    'add_args': 'args', 'is_active': 'args', 'check_train_args': 'args',
+}
+
+__all__ = list(_LAZY) + ['__version__']
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .args import add_args, check_train_args, is_active
+    from .cam import CAM_METHODS, class_activation_maps
+    from .factory import create_mix_fn
+    from .modes import MIX_MODES, get_mode_class
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f'.{_LAZY[name]}', __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'timm_camaug' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
