@@ -79,4 +79,7 @@ def check_train_args(args: argparse.Namespace) -> List[str]:
                         "it would mix across the split copies of each image")
     if mode in ('snapmix', 'gutout', 'cam-erase') and getattr(args, 'torchscript', False):
         problems.append(f"--mix-mode {mode} needs forward hooks on the model, which --torchscript models do not run")
+    if getattr(args, 'sync_bn', False) and getattr(args, option_dest(mode, 'cam_bn'), None) == 'batch':
+        problems.append(f"--mix-mode {mode} with --{mode}-cam-bn batch runs SyncBatchNorm (--sync-bn) in its CAM forward, "
+                        f"a collective that hangs when the ranks' random draws differ; add --{mode}-cam-bn eval")
     return problems

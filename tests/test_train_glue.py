@@ -1,0 +1,247 @@
+""" What a patched train.py calls (timm_camaug.train_glue), and the configs/ files, without timm's train.py. """
+import argparse
+from functools import partial
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from torch import nn
+
+from conftest import assert_same_state, fill_grads, state_snapshot
+from timm_camaug import MIX_MODES, add_args, check_train_args, create_mix_fn, get_mode_class
+from timm_camaug.factory import option_dest
+from timm_camaug.modes import CamGuidedMode
+from timm_camaug.train_glue import create_train_mix_fn, training_module
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / 'configs').glob('*.yaml'))
+DATASETS = {'cub': 200, 'cars': 196, 'aircraft': 100}
+CONFIG_MODES = ('baseline',) + MIX_MODES
+K = 3
+
+
+@pytest.fixture(scope='module')
+def resnet18_checkpoint(tmp_path_factory):
+    """A random timm resnet18 saved to a file: the attentive extractor without a download."""
+    path = tmp_path_factory.mktemp('extractor') / 'resnet18.pth'
+    torch.save(timm.create_model('resnet18').state_dict(), path)
+    return str(path)
+
+
+def train_args(mode, checkpoint, *extra):
+    """train.py-like args: add_args' flags parsed from a command line, plus what train.py itself sets."""
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    argv = ['--mix-mode', mode, *extra]
+    if mode == 'attentive':
+        argv += ['--attentive-extractor', 'resnet18', '--attentive-extractor-checkpoint', checkpoint,
+                 '--attentive-extractor-size', '64', '--attentive-top-n', '2']
+    args = parser.parse_args(argv)
+    args.num_classes, args.smoothing, args.epochs, args.rank = K, 0.1, 4, 0
+    return args
+
+
+def small_model():
+    torch.manual_seed(0)
+    return timm.create_model('test_resnet', num_classes=K).train()
+
+
+def batch(n=4, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, K, (n,), generator=g)
+
+
+# --- the plain model inside train.py's wrappers
+
+class _DDPLike(nn.Module):
+    """DistributedDataParallel's shape (a .module attribute) without a process group."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+
+def test_training_module_unwraps_every_train_py_wrapper():
+    from timm.task.distillation import FeatureDistillationTrainableModule
+    model = small_model()
+    assert training_module(model) is model
+    assert training_module(_DDPLike(model)) is model
+    assert training_module(torch.compile(model, backend='eager')) is model
+    assert training_module(torch.compile(_DDPLike(model), backend='eager')) is model     # v1.0.20: compile(DDP(m))
+    assert training_module(_DDPLike(torch.compile(model, backend='eager'))) is model     # main: DDP(compile(m))
+    assert training_module(nn.DataParallel(model)) is model
+    assert training_module(FeatureDistillationTrainableModule(model, nn.Linear(4, 4))) is model
+    assert training_module(_DDPLike(FeatureDistillationTrainableModule(model))) is model
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_create_train_mix_fn_builds_the_mode_on_the_plain_model(mode, resnet18_checkpoint):
+    model = small_model()
+    wrapped = torch.compile(_DDPLike(model), backend='eager')
+    mix_fn = create_train_mix_fn(train_args(mode, resnet18_checkpoint), wrapped,
+                                 data_config={'input_size': (3, 64, 64)}, device='cpu')
+    assert type(mix_fn) is get_mode_class(mode)
+    assert mix_fn.num_classes == K and mix_fn.label_smoothing == 0.1
+    if isinstance(mix_fn, CamGuidedMode):
+        assert mix_fn.model is model
+    if mode == 'cam-erase':
+        assert mix_fn.warmup_epochs == 2       # half of args.epochs when the flag is not given
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+@pytest.mark.parametrize('amp', [False, True], ids=['fp32', 'bf16-channels-last'])
+def test_accumulated_gradients_and_model_state_are_untouched(mode, amp, resnet18_checkpoint):
+    """train.py zeroes .grad only after an optimiser step: the mix between micro-batches must not touch it."""
+    model = small_model()
+    autocast = partial(torch.autocast, device_type='cpu', dtype=torch.bfloat16) if amp else None
+    if amp:
+        model = model.to(memory_format=torch.channels_last)
+    extra = ('--cam-erase-warmup-epochs', '0') if mode == 'cam-erase' else ()
+    mix_fn = create_train_mix_fn(train_args(mode, resnet18_checkpoint, *extra), model,
+                                 data_config={'input_size': (3, 64, 64)}, amp_autocast=autocast, device='cpu')
+    x, y = batch()
+    model(x).sum().backward()           # a first micro-batch's gradients
+    fill_grads(model)                   # ... made distinctive
+    before = state_snapshot(model)
+    for seed in range(3):
+        x, y = batch(seed=seed)
+        if amp:
+            x = x.contiguous(memory_format=torch.channels_last)
+        xm, target = mix_fn(x, y)
+        assert xm.shape == x.shape and target.shape == (4, K) and torch.isfinite(target).all()
+    assert_same_state(before, state_snapshot(model))
+
+
+def test_create_train_mix_fn_errors():
+    args = argparse.Namespace(mix_mode='none')
+    with pytest.raises(ValueError, match=r"--mix-mode is 'none'; train.py only calls this when a mode is set"):
+        create_train_mix_fn(args, small_model())
+    args = train_args('snapmix', '')
+    args.mixup = 0.2
+    with pytest.raises(ValueError, match=r"--mix-mode snapmix replaces timm's --mixup"):
+        create_train_mix_fn(args, small_model())
+
+
+# --- start-up checks added for train.py
+
+def test_sync_bn_is_refused_with_a_batch_statistics_cam():
+    args = argparse.Namespace(mix_mode='snapmix', sync_bn=True, snapmix_cam_bn='batch')
+    (problem,) = check_train_args(args)
+    assert problem == ("--mix-mode snapmix with --snapmix-cam-bn batch runs SyncBatchNorm (--sync-bn) in its CAM "
+                       "forward, a collective that hangs when the ranks' random draws differ; "
+                       "add --snapmix-cam-bn eval")
+    assert check_train_args(argparse.Namespace(mix_mode='snapmix', sync_bn=True, snapmix_cam_bn='eval')) == []
+    assert check_train_args(argparse.Namespace(mix_mode='saliencymix', sync_bn=True)) == []
+    assert check_train_args(argparse.Namespace(mix_mode='none', sync_bn=True, mixup=0.5)) == []
+
+
+# --- configs/: YAML for train.py --config
+
+def test_one_config_per_dataset_and_mode():
+    assert sorted(c.name for c in CONFIGS) == sorted(f'{d}_{m}.yaml' for d in DATASETS for m in CONFIG_MODES)
+
+
+def _camaug_dests():
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    return {a.dest: a for a in parser._actions if a.dest != 'help'}
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_keys_and_values(config, resnet18_checkpoint):
+    """Every timm-camaug key is one of add_args' options and its value is accepted; the mode matches the name."""
+    text = config.read_text()
+    cfg = yaml.safe_load(text)
+    dataset, mode_name = config.stem.split('_', 1)
+    assert text.startswith('# timm-camaug: ') and '# How each part is expressed here, and what differs:' in text
+    assert cfg['data_dir'] == f'data/{dataset}' and cfg['num_classes'] == DATASETS[dataset]
+    assert cfg['mix_mode'] == ('none' if mode_name == 'baseline' else mode_name)
+    dests = _camaug_dests()
+    prefixes = ('mix_',) + tuple(option_dest(m, '') for m in MIX_MODES)
+    ours = {k: v for k, v in cfg.items() if k.startswith(prefixes)}
+    assert set(ours) <= set(dests), f'unknown timm-camaug keys: {sorted(set(ours) - set(dests))}'
+    for key, value in ours.items():
+        if dests[key].choices is not None:
+            assert value in dests[key].choices, key
+    mode_keys = {k for k in ours if k != 'mix_mode'}
+    assert all(k.startswith(option_dest(mode_name, '')) for k in mode_keys), 'options of another mode'
+    if mode_name == 'baseline':
+        return
+    args = argparse.Namespace(**{**{d: a.default for d, a in dests.items()}, **cfg})
+    assert check_train_args(args) == []
+    extra = dict(extractor='resnet18', extractor_checkpoint=resnet18_checkpoint) if mode_name == 'attentive' else {}
+    mix_fn = create_mix_fn(args, model=timm.create_model('test_resnet', num_classes=cfg['num_classes']),
+                           data_config={'input_size': (3, 64, 64)}, **extra)
+    for key in mode_keys:
+        option = key[len(option_dest(mode_name, '')):]
+        if option in extra:
+            continue
+        expected = cfg[key] if not (mode_name == 'cam-erase' and option == 'warmup_epochs') else cfg['epochs'] // 2
+        assert getattr(mix_fn, option) == expected, key
+
+
+def _config(dataset, mode='snapmix'):
+    return yaml.safe_load((REPO / 'configs' / f'{dataset}_{mode}.yaml').read_text())
+
+
+@pytest.mark.parametrize('dataset', sorted(DATASETS))
+def test_config_recipe_optimizer_and_schedule(dataset):
+    """lr 0.001 backbone / 0.01 classifier, weight decay on every parameter, the authors' lr steps."""
+    from timm.optim import create_optimizer_v2, optimizer_kwargs
+    from timm.scheduler import create_scheduler_v2
+    cfg = _config(dataset)
+    model = timm.create_model('resnet50', num_classes=cfg['num_classes'])
+    opt = create_optimizer_v2(model, **optimizer_kwargs(argparse.Namespace(**cfg)), **cfg['opt_kwargs'])
+    assert type(opt) is torch.optim.SGD and opt.defaults['nesterov'] and opt.defaults['momentum'] == 0.9
+    sched, epochs = create_scheduler_v2(
+        opt, sched=cfg['sched'], num_epochs=cfg['epochs'], decay_milestones=cfg['decay_milestones'],
+        decay_rate=cfg['decay_rate'], warmup_epochs=cfg['warmup_epochs'], cooldown_epochs=cfg['cooldown_epochs'])
+    assert epochs == 200
+    # the scheduler applies each group's layer-decay lr_scale
+    names = {id(p): n for n, p in model.named_parameters()}
+    lr_of = {names[id(p)]: g['lr'] for g in opt.param_groups for p in g['params']}
+    wd_of = {names[id(p)]: g['weight_decay'] for g in opt.param_groups for p in g['params']}
+    assert set(lr_of) == set(names.values())
+    assert {n: lr for n, lr in lr_of.items() if n.startswith('fc.')} == {'fc.weight': 0.01, 'fc.bias': 0.01}
+    backbone = [lr for n, lr in lr_of.items() if not n.startswith('fc.')]
+    assert len(backbone) == len(lr_of) - 2 and backbone == pytest.approx([0.001] * len(backbone), rel=1e-9)
+    assert set(wd_of.values()) == {1e-4}
+    # torch's MultiStepLR([80, 150, 180]) stepped after each epoch, as the authors' loop does
+    reference = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.01)
+    torch_sched = torch.optim.lr_scheduler.MultiStepLR(reference, milestones=[80, 150, 180], gamma=0.1)
+    fc_group = next(i for i, g in enumerate(opt.param_groups) if any(names[id(p)] == 'fc.weight' for p in g['params']))
+    for epoch in range(200):
+        sched.step(epoch)       # train.py: the lr of epoch e is set by step(e) (step(e + 1) after epoch e)
+        assert opt.param_groups[fc_group]['lr'] == pytest.approx(reference.param_groups[0]['lr'], rel=1e-9), epoch
+        reference.step()
+        torch_sched.step()
+
+
+@pytest.mark.parametrize('dataset', sorted(DATASETS))
+def test_config_recipe_transforms(dataset):
+    """CUB: short side 512 (or 448) then a random 448 crop; Cars/Aircraft: a fixed-area window of 76.6 %."""
+    from PIL import Image
+    from timm.data import create_transform
+    cfg = _config(dataset)
+    train = create_transform(cfg['img_size'], is_training=True, train_crop_mode=cfg['train_crop_mode'],
+                             scale=cfg['scale'], ratio=cfg['ratio'], hflip=cfg['hflip'],
+                             color_jitter=cfg['color_jitter'],
+                             interpolation=cfg['train_interpolation'])
+    first = train.transforms[0]
+    img = Image.new('RGB', (900, 600))
+    torch.manual_seed(0)
+    assert all(tuple(train(img).shape) == (3, 448, 448) for _ in range(3))
+    if dataset == 'cub':
+        sides = {min(first.get_params(img, (448, 448), 0., first.random_scale_prob, first.random_scale_range,
+                                      first.random_scale_area, first.random_aspect_prob,
+                                      first.random_aspect_range)) for _ in range(64)}
+        assert sides == {448, 512}
+    else:
+        for _ in range(64):
+            _, _, h, w = first.get_params(img, first.scale, first.ratio)
+            assert h * w / (600 * 900) == pytest.approx(0.765625, abs=0.005) and 4 / 3 - 0.01 <= w / h <= 16 / 9 + 0.01
+    evaluation = create_transform(cfg['img_size'], is_training=False, crop_pct=cfg['crop_pct'],
+                                  interpolation=cfg['interpolation'])
+    assert evaluation.transforms[0].size == 512 and tuple(evaluation.transforms[1].size) == (448, 448)

@@ -1,0 +1,411 @@
+""" timm's real train.py, patched by `timm-camaug patch`, trains with every mode and every train.py feature.
+
+Needs timm's train.py, which is not in the timm wheel: set TIMM_TRAIN_PY to a train.py file, or to the
+timm git repository (a bare git directory or a checkout), from which the tests take train.py of
+v1.0.20, v1.0.24, v1.0.28 and the default branch (`git show <ref>:train.py`). Without it these tests skip.
+
+The runs (a 64 px generated ImageFolder, timm's tiny `test_resnet`, one short epoch each) all execute in
+one subprocess (tests/_train_py_runner.py) so that torch and timm are imported once; the runner wraps the
+mix function to record, at every call, that the accumulated gradients, parameters, buffers and training
+flags are exactly as before, and records the training loss class.
+"""
+import csv
+import json
+import os
+import re
+import runpy
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import timm_camaug
+from timm_camaug import cli
+from timm_camaug.train_patch import patch_text, revert_text
+
+ENV = 'TIMM_TRAIN_PY'
+SKIP_REASON = f'set {ENV} to a timm train.py or the timm git directory to run'
+RELEASES = ('v1.0.20', 'v1.0.24', 'v1.0.28', 'main')      # 'main': the repository's default branch (HEAD)
+REPO = Path(__file__).resolve().parents[1]
+RUNNER = Path(__file__).resolve().parent / '_train_py_runner.py'
+CONFIGS = sorted((REPO / 'configs').glob('*.yaml'))
+MODE_CLASSES = {m: timm_camaug.get_mode_class(m).__name__ for m in timm_camaug.MIX_MODES}
+N_TRAIN, N_VAL, N_CLASSES, BATCH = 4, 2, 3, 4           # per class: 12 train images = 3 batches of 4
+STEPS = N_TRAIN * N_CLASSES // BATCH
+
+
+# --- where train.py comes from
+
+def _git_dir(p: Path):
+    if (p / '.git').exists():
+        return p / '.git'
+    if (p / 'HEAD').is_file() and (p / 'objects').is_dir():
+        return p
+    return None
+
+
+def train_py_sources(dest: Path):
+    """{release: stock train.py} from TIMM_TRAIN_PY, or skip."""
+    value = os.environ.get(ENV)
+    if not value:
+        pytest.skip(SKIP_REASON)
+    p = Path(value)
+    if p.is_file():
+        return {'given': p}
+    git_dir = _git_dir(p) if p.is_dir() else None
+    if git_dir is None:
+        pytest.fail(f'{ENV}={value} is neither a train.py file nor a git directory')
+    out = {}
+    for release in RELEASES:
+        ref = 'HEAD' if release == 'main' else release
+        res = subprocess.run(['git', f'--git-dir={git_dir}', 'show', f'{ref}:train.py'], capture_output=True)
+        if res.returncode == 0:
+            (dest / release).mkdir(parents=True, exist_ok=True)
+            (dest / release / 'train.py').write_bytes(res.stdout)
+            out[release] = dest / release / 'train.py'
+    if not out:
+        pytest.fail(f'{ENV}={value}: none of {", ".join(RELEASES)} has a train.py')
+    return out
+
+
+@pytest.fixture(scope='module')
+def sources(tmp_path_factory):
+    return train_py_sources(tmp_path_factory.mktemp('stock'))
+
+
+@pytest.fixture(scope='module')
+def patched(sources, tmp_path_factory):
+    root = tmp_path_factory.mktemp('patched')
+    out = {}
+    for release, src in sources.items():
+        (root / release).mkdir()
+        dst = root / release / 'train.py'
+        shutil.copyfile(src, dst)
+        assert cli.main(['patch', str(dst)]) == 0
+        out[release] = dst
+    return out
+
+
+def feature_release(sources):
+    return 'main' if 'main' in sources else sorted(sources)[-1]
+
+
+def has_flag(script: Path, flag: str) -> bool:
+    return f"'{flag}'" in script.read_text()
+
+
+# --- the patch on the real releases
+
+def test_patch_each_release_is_small_idempotent_and_reverts_exactly(sources):
+    for release, src in sources.items():
+        text = src.read_text()
+        patched_text = patch_text(text, release)
+        changed = [ln for ln in _diff(text, patched_text) if ln[:1] in '+-']
+        assert len(changed) == 12 <= 30, release
+        assert patch_text(patched_text, release) == patched_text
+        assert revert_text(patched_text, release).encode() == src.read_bytes()
+
+
+def test_patches_dir_diff_matches_the_command_on_v1_0_28(sources, tmp_path):
+    if 'v1.0.28' not in sources:
+        pytest.skip(f'{ENV} does not provide v1.0.28')
+    from timm_camaug.train_patch import unified_diff
+    text = sources['v1.0.28'].read_text()
+    diff_file = REPO / 'patches' / 'train-v1.0.28.diff'
+    shipped = diff_file.read_text()
+    assert shipped[shipped.index('--- a/train.py\n'):] == unified_diff(text, patch_text(text))
+    if shutil.which('git'):       # and it applies by hand, header comment included
+        shutil.copyfile(sources['v1.0.28'], tmp_path / 'train.py')
+        subprocess.run(['git', 'apply', str(diff_file)], cwd=tmp_path, check=True)
+        assert (tmp_path / 'train.py').read_text() == patch_text(text)
+
+
+def _diff(a, b):
+    import difflib
+    return [ln for ln in difflib.unified_diff(a.splitlines(), b.splitlines(), lineterm='')
+            if not ln.startswith(('+++', '---'))]
+
+
+# --- the parser: configs and start-up errors (in this process)
+
+@pytest.fixture(scope='module')
+def train_modules(patched):
+    """Each patched train.py imported as a module (its parser and _parse_args), not run."""
+    return {release: runpy.run_path(str(p), run_name=f'timm_train_{release}') for release, p in patched.items()}
+
+
+def _parse(module, monkeypatch, argv):
+    """train.py's own _parse_args on argv; a --config file's set_defaults is undone afterwards."""
+    parser = module['parser']
+    saved = dict(parser._defaults), [(a, a.default) for a in parser._actions]
+    monkeypatch.setattr(sys, 'argv', ['train.py'] + list(argv))
+    try:
+        return module['_parse_args']()[0]
+    finally:
+        parser._defaults.clear()
+        parser._defaults.update(saved[0])
+        for action, default in saved[1]:
+            action.default = default
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_config_parses_with_every_release(config, train_modules, monkeypatch):
+    cfg = yaml.safe_load(config.read_text())
+    for release, module in train_modules.items():
+        dests = {a.dest for a in module['parser']._actions}
+        unknown = sorted(set(cfg) - dests)
+        assert not unknown, f'{config.name}: keys {unknown} are not options of {release} train.py'
+        args = _parse(module, monkeypatch, ['--config', str(config)])
+        for key, value in cfg.items():
+            assert getattr(args, key) == value, (config.name, release, key)
+        assert timm_camaug.is_active(args) == (cfg['mix_mode'] != 'none')
+
+
+INCOMPATIBLE = [
+    (['--mixup', '0.2'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
+    (['--cutmix', '1.0'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
+    (['--naflex-loader'], 'the NaFlex loader yields patch sequences'),
+    (['--aug-splits', '2'], 'cannot be combined with AugMix splits'),
+    (['--aug-splits', '3', '--jsd-loss'], 'cannot be combined with AugMix splits'),
+    (['--torchscript'], 'needs forward hooks on the model'),
+    (['--sync-bn'], 'SyncBatchNorm'),
+]
+
+
+@pytest.mark.parametrize('extra,message', INCOMPATIBLE, ids=[' '.join(e) for e, _ in INCOMPATIBLE])
+def test_incompatible_flags_stop_at_start_up(extra, message, sources, train_modules, monkeypatch, capsys):
+    module = train_modules[feature_release(sources)]
+    with pytest.raises(SystemExit) as e:
+        _parse(module, monkeypatch, ['--mix-mode', 'snapmix', *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'error:' in err and message in err
+
+
+def test_compatible_and_stock_flags_parse(sources, train_modules, monkeypatch):
+    module = train_modules[feature_release(sources)]
+    # stock flags without a mode are untouched, including the ones a mode refuses
+    assert _parse(module, monkeypatch, ['--mixup', '0.2', '--sync-bn']).mix_mode == 'none'
+    args = _parse(module, monkeypatch, ['--mix-mode', 'snapmix', '--snapmix-cam-bn', 'eval', '--sync-bn'])
+    assert args.sync_bn and args.snapmix_cam_bn == 'eval'
+    with pytest.raises(SystemExit):
+        _parse(module, monkeypatch, ['--mix-mode', 'mixup'])
+
+
+# --- training runs (one subprocess for all of them)
+
+def _make_dataset(root: Path):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, n in (('train', N_TRAIN), ('val', N_VAL)):
+        for c in range(N_CLASSES):
+            d = root / split / f'class{c}'
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = torch.tensor([60 * c + 40, 200 - 50 * c, 90], dtype=torch.float32).view(3, 1, 1)
+                img = (base + 60 * torch.rand(3, 64, 64, generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f'{i}.png')
+
+
+def _common(data, out, run_id):
+    return ['--data-dir', str(data), '--val-split', 'val', '--model', 'test_resnet', '--num-classes', str(N_CLASSES),
+            '--img-size', '64', '--batch-size', str(BATCH), '--epochs', '1', '--workers', '0', '--device', 'cpu',
+            '--seed', '1', '--log-interval', '1', '--lr', '0.01', '--warmup-epochs', '0', '--checkpoint-hist', '1',
+            '--output', str(out), '--experiment', run_id]
+
+
+@pytest.fixture(scope='module')
+def world(sources, patched, tmp_path_factory):
+    """Runs every planned train.py invocation; returns (results by run id, output dir, feature release)."""
+    import timm
+    root = tmp_path_factory.mktemp('runs')
+    data, out, work = root / 'data', root / 'out', root / 'work'
+    _make_dataset(data)
+    torch.save(timm.create_model('resnet18').state_dict(), root / 'resnet18.pth')
+    torch.save(timm.create_model('test_resnet').state_dict(), root / 'test_resnet.pth')
+    feature = feature_release(sources)
+    fp = str(patched[feature])
+    runs = []
+
+    def add(run_id, script, extra):
+        argv = _common(data, out, run_id) + list(extra)
+        runs.append(dict(id=run_id, script=str(script), argv=argv, cwd=str(work)))
+
+    for release in sources:
+        add(f'stock-{release}', sources[release], [])
+        # no flag, and on the feature release an explicit --mix-mode none (what a baseline config sets)
+        add(f'stock-patched-{release}', patched[release], ['--mix-mode', 'none'] if release == feature else [])
+        add(f'ema-accum-{release}', patched[release],
+            ['--mix-mode', 'snapmix', '--model-ema', '--grad-accum-steps', '2'])
+    mixup = ['--no-prefetcher', '--mixup', '0.4', '--smoothing', '0.1']
+    add('stock-mixup', sources[feature], mixup)
+    add('stock-mixup-patched', fp, mixup)
+    extractor = ['--attentive-extractor', 'resnet18', '--attentive-extractor-checkpoint', str(root / 'resnet18.pth')]
+    per_mode = {
+        'snapmix': ['--amp', '--amp-dtype', 'bfloat16', '--channels-last', '--drop-path', '0.1', '--smoothing', '0'],
+        'saliencymix': ['--no-prefetcher', '--grad-accum-steps', '2', '--smoothing', '0.1'],
+        'attentive': extractor + ['--bce-loss', '--reprob', '0.25'],
+        'gutout': ['--no-prefetcher', '--reprob', '0.5', '--torchcompile', 'eager'],
+        'cam-erase': ['--epochs', '2', '--mixup-off-epoch', '1', '--reprob', '0.5', '--cam-erase-warmup-epochs', '0'],
+    }
+    for mode in timm_camaug.MIX_MODES:
+        add(f'mode-{mode}', fp, ['--mix-mode', mode] + per_mode.get(mode, []))
+    add('resume', fp, ['--mix-mode', 'cam-erase', '--epochs', '3', '--cam-erase-warmup-epochs', '0',
+                       '--resume', str(out / 'mode-cam-erase' / 'last.pth.tar')])
+    if has_flag(patched[feature], '--train-img-sizes'):
+        add('img-sizes', fp, ['--mix-mode', 'snapmix', '--train-img-sizes', '48', '64', '--seed', '3'])
+    cfg_runs = ['cub_snapmix']
+    for name in cfg_runs:
+        add(f'config-{name}', fp, ['--config', str(REPO / 'configs' / f'{name}.yaml'),
+                                   '--pretrained-path', str(root / 'test_resnet.pth')])
+
+    plan = dict(runs=runs, result=str(root / 'results.json'))
+    (root / 'plan.json').write_text(json.dumps(plan, indent=1))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])))
+    proc = subprocess.run([sys.executable, str(RUNNER), str(root / 'plan.json')], env=env, capture_output=True,
+                          text=True, timeout=900)
+    results = json.loads((root / 'results.json').read_text()) if (root / 'results.json').exists() else {}
+    assert proc.returncode == 0 and len(results) == len(runs), (
+        f'runner failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}')
+    return results, out, feature
+
+
+def _ok(world, run_id):
+    results, out, _ = world
+    r = results[run_id]
+    if not r['ok']:
+        log = Path(r['log']).read_text()[-4000:] if Path(r['log']).exists() else ''
+        pytest.fail(f"{run_id} failed: {r.get('error', '')[-3000:]}\n--- log tail ---\n{log}")
+    return r
+
+
+def _summary(world, run_id):
+    with open(world[1] / run_id / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+def _check_mode_run(r, mode, epochs=1, loss='SoftTargetCrossEntropy'):
+    assert r['train_losses'] == [loss]
+    (created,) = r['created']
+    assert created['mode'] == MODE_CLASSES[mode]
+    assert created['module'] == 'ResNet' and created['holds_training_module']
+    calls = r['calls']
+    assert len(calls) == STEPS * epochs
+    for c in calls:
+        assert c['grads_intact'] and c['params_intact'] and c['buffers_intact'] and c['flags_intact'], c
+        assert c['target_shape'] == [BATCH, N_CLASSES] and c['out_shape'] == c['shape'] and c['target_finite']
+    return calls
+
+
+def test_stock_run_of_the_patched_train_py_is_unchanged(world, sources):
+    for release in sources:
+        stock, patched_run = _ok(world, f'stock-{release}'), _ok(world, f'stock-patched-{release}')
+        assert _summary(world, f'stock-{release}') == _summary(world, f'stock-patched-{release}'), release
+        assert stock['train_losses'] == patched_run['train_losses'] == ['LabelSmoothingCrossEntropy']
+        assert 'created' not in patched_run and 'calls' not in patched_run
+
+
+def test_stock_mixup_without_prefetcher_is_unchanged(world):
+    """timm's own Mixup runs in the moved lines (part 4) and has no set_epoch (part 5)."""
+    stock, patched_run = _ok(world, 'stock-mixup'), _ok(world, 'stock-mixup-patched')
+    assert _summary(world, 'stock-mixup') == _summary(world, 'stock-mixup-patched')
+    assert stock['train_losses'] == patched_run['train_losses'] == ['SoftTargetCrossEntropy']
+
+
+def test_every_release_trains_with_a_mode_ema_and_accumulation(world, sources):
+    for release in sources:
+        r = _ok(world, f'ema-accum-{release}')
+        calls = _check_mode_run(r, 'snapmix')
+        # with --grad-accum-steps 2 the second micro-batch's mix runs on top of the first's gradients
+        assert any(c['grads_present'] for c in calls) and all(c['grads_intact'] for c in calls)
+        assert r['set_epoch'] == [0]
+        assert float(_summary(world, f'ema-accum-{release}')[0]['train_loss']) > 0
+
+
+@pytest.mark.parametrize('mode', timm_camaug.MIX_MODES)
+def test_mode_from_flags(world, mode):
+    r = _ok(world, f'mode-{mode}')
+    epochs = 2 if mode == 'cam-erase' else 1
+    calls = _check_mode_run(r, mode, epochs=epochs, loss='BinaryCrossEntropy' if mode == 'attentive' else
+                            'SoftTargetCrossEntropy')
+    assert r['set_epoch'] == list(range(epochs))
+    assert any(c['changed'] for c in calls if c['enabled'])
+    rows = _summary(world, f'mode-{mode}')
+    assert len(rows) == epochs and all(float(row['train_loss']) > 0 for row in rows)
+
+
+def test_amp_bf16_channels_last_drop_path(world):
+    calls = _ok(world, 'mode-snapmix')['calls']
+    assert all(c['dtype'] == 'torch.float32' for c in calls)        # autocast is inside the step, input stays fp32
+    assert min(c['target_min'] for c in calls) == 0.0                # --smoothing 0
+
+
+def test_smoothing_is_baked_into_the_targets(world):
+    calls = _ok(world, 'mode-saliencymix')['calls']
+    # K = 3: with two labels mixed the third class keeps exactly the smoothing's off value s/K
+    assert min(c['target_min'] for c in calls) == pytest.approx(0.1 / N_CLASSES, rel=1e-5)
+    assert any(c['grads_present'] for c in calls)                    # --grad-accum-steps 2
+
+
+def test_mixup_off_epoch_switches_the_mode_off(world):
+    calls = _ok(world, 'mode-cam-erase')['calls']
+    assert all(c['enabled'] for c in calls if c['epoch'] == 0)
+    late = [c for c in calls if c['epoch'] == 1]
+    assert len(late) == STEPS and all(not c['enabled'] and not c['changed'] for c in late)
+
+
+def test_torchcompile_model_is_unwrapped_without_recompiles(world):
+    r = _ok(world, 'mode-gutout')
+    (created,) = r['created']
+    assert created['given'] == 'OptimizedModule' or created['given'] == 'ResNet'   # v1.0.24 compiles the task
+    assert created['module'] == 'ResNet'
+    graphs = [c['dynamo_graphs'] for c in r['calls']]
+    # the first mix runs before the first compiled forward; after it the CAM hooks cause no recompilation
+    assert graphs[-1] >= 1 and len(set(graphs[1:])) == 1, graphs
+
+
+def test_resume_from_checkpoint(world):
+    r = _ok(world, 'resume')
+    assert r['set_epoch'] == [2]
+    _check_mode_run(r, 'cam-erase')
+    assert [row['epoch'] for row in _summary(world, 'resume')] == ['2']
+
+
+def test_train_img_sizes(world):
+    results, _, feature = world
+    if 'img-sizes' not in results:
+        pytest.skip(f'train.py of {feature} has no --train-img-sizes')
+    calls = _check_mode_run(_ok(world, 'img-sizes'), 'snapmix')
+    sizes = {tuple(c['shape'][-2:]) for c in calls}
+    assert sizes <= {(48, 48), (64, 64)} and len(sizes) == 2, sizes
+
+
+def test_config_file_run(world):
+    r = _ok(world, 'config-cub_snapmix')
+    _check_mode_run(r, 'snapmix')
+    log = Path(r['log']).read_text()
+    assert re.search(r'Created SGD \(sgd\) optimizer: lr: 0\.01, momentum: 0\.9.*nesterov: True', log)
+
+
+# --- --torchcompile with a real backend: opt-in (a cold inductor compile takes minutes on 2 CPU cores)
+
+def test_torchcompile_inductor(patched, sources, tmp_path):
+    if os.environ.get('TIMM_CAMAUG_TEST_INDUCTOR') != '1':
+        pytest.skip('inductor compiles for about two minutes on a 2-core CPU; set TIMM_CAMAUG_TEST_INDUCTOR=1 to run '
+                    '(test_torchcompile_model_is_unwrapped_without_recompiles covers --torchcompile eager)')
+    if not (shutil.which('g++') or shutil.which('c++')):
+        pytest.skip('no C++ compiler: torch inductor cannot compile on this machine')
+    data, out = tmp_path / 'data', tmp_path / 'out'
+    _make_dataset(data)
+    plan = dict(runs=[dict(id='inductor', script=str(patched[feature_release(sources)]), cwd=str(tmp_path),
+                           argv=_common(data, out, 'inductor') + ['--mix-mode', 'snapmix', '--torchcompile'])],
+                result=str(tmp_path / 'results.json'))
+    (tmp_path / 'plan.json').write_text(json.dumps(plan))
+    subprocess.run([sys.executable, str(RUNNER), str(tmp_path / 'plan.json')], check=True, timeout=1200)
+    r = json.loads((tmp_path / 'results.json').read_text())['inductor']
+    assert r['ok'], r.get('error')
+    _check_mode_run(r, 'snapmix')

@@ -1,0 +1,62 @@
+""" What a patched train.py calls (``timm-camaug patch``): the mix function of ``--mix-mode`` on the model.
+
+train.py's ``model`` differs between timm releases at the point where the patch builds the mix function:
+the plain model, a DistributedDataParallel and/or ``torch.compile`` wrapper of it (v1.0.20, and
+``task.get_trainable_module()`` from v1.0.28 on), or a feature-distillation module holding the student.
+CAM-guided modes must forward the plain model: a DDP forward without its backward breaks the reducer, and
+a compiled wrapper would trace the CAM hooks.
+"""
+import argparse
+import logging
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+from torch import nn
+
+from .args import check_train_args, is_active
+from .factory import create_mix_fn
+from .model_state import unwrap_model
+from .modes import MixMode
+
+__all__ = ['training_module', 'create_train_mix_fn']
+
+_logger = logging.getLogger(__name__)
+
+
+def training_module(model: nn.Module) -> nn.Module:
+    """The plain classifier inside train.py's ``model`` (DDP, DataParallel, torch.compile, ModelEma and
+    timm.task's feature-distillation wrappers removed)."""
+    module = unwrap_model(model)
+    student = getattr(module, 'student', None)   # timm.task FeatureDistillationTrainableModule(student, projection)
+    if isinstance(student, nn.Module):
+        module = unwrap_model(student)
+    return module
+
+
+def create_train_mix_fn(
+        args: argparse.Namespace,
+        model: nn.Module,
+        data_config: Optional[Dict[str, Any]] = None,
+        amp_autocast: Optional[Callable[[], Any]] = None,
+        device: Optional[Union[str, torch.device]] = None,
+) -> MixMode:
+    """train.py's ``mixup_fn`` for ``--mix-mode``: the mode built from ``args`` on the plain model.
+
+    Args:
+        args: train.py's parsed arguments (``--mix-mode`` and the ``--<mode>-*`` flags, ``--num-classes``,
+            ``--smoothing``, ``--epochs``).
+        model: train.py's ``model`` as it is after DDP/compile wrapping (unwrapped here).
+        data_config: train.py's resolved data config (mean/std of the normalised batch).
+        amp_autocast: train.py's ``amp_autocast`` (CAM and extractor forwards run under it).
+        device: train.py's device.
+    """
+    if not is_active(args):
+        raise ValueError("create_train_mix_fn: --mix-mode is 'none'; train.py only calls this when a mode is set")
+    problems = check_train_args(args)
+    if problems:   # normally caught at parse time by add_args; kept for train.py copies that parse differently
+        raise ValueError('; '.join(problems))
+    mix_fn = create_mix_fn(args, model=training_module(model), data_config=data_config,
+                           amp_autocast=amp_autocast, device=device)
+    if getattr(args, 'rank', 0) == 0:
+        _logger.info(f'timm-camaug: --mix-mode {args.mix_mode}: {mix_fn!r}')
+    return mix_fn
