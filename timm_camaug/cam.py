@@ -23,7 +23,6 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from torch import nn
 
 from .model_state import cam_forward_mode, unwrap_model
@@ -397,6 +396,9 @@ def _hooked_layer_maps(model, x, target, method, layer, stack: ExitStack) -> Lay
             return _first_tensor(output).detach().requires_grad_(True)
         handle = layer.module.register_forward_hook(_cut, prepend=True)
         stack.callback(handle.remove)
+    # imported here: pytorch_grad_cam pulls in cv2, scikit-learn and matplotlib, which a stock run of a
+    # patched train.py should not pay for
+    from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
     aag = ActivationsAndGradients(model, [layer.module], None, detach=False)
     stack.callback(aag.release)
     # its gradient list can hold views, which its clear() cannot detach in place; we never read it
