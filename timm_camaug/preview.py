@@ -345,6 +345,11 @@ def run(args: argparse.Namespace) -> int:
             except ImportError as e:
                 raise _fail(f"attentive needs a pretrained extractor: {e}; or --set extractor=NAME "
                             "--set extractor_checkpoint=FILE") from None
+    from .modes import get_mode_class
+    if 'cam_bn' in {o.name for o in get_mode_class(args.mode).options} and 'cam_bn' not in options:
+        # a frozen pretrained model shown a few unrelated photos: batch statistics (snapmix's training
+        # default) would describe this odd batch, not the model, and smear its CAM off the objects
+        options['cam_bn'] = 'eval'
     prob = options.pop('prob', 1.0)
     from . import create_mix_fn
     try:
