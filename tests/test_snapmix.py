@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import assert_same_state, fill_grads, state_snapshot
-from timm_camaug import create_mix_fn
+from timm_camaug import class_activation_maps, create_mix_fn
 from timm_camaug.boxes import box_area
 from timm_camaug.modes.snapmix import SnapMixParams, semantic_percent_map_normalise
 from timm_camaug.targets import smooth_one_hot
@@ -211,8 +211,32 @@ def test_finer_layer_and_reduced_scale_options():
     torch.testing.assert_close(small.spm.sum((1, 2)), torch.ones(3))
 
 
+def test_spm_floor_zero_keeps_only_positive_evidence():
+    model = _model()
+    x, y = torch.randn(3, 3, 64, 64), torch.tensor([0, 1, 2])
+    mix = _mix(model, cam_layer='layer3', cam_method='gradcam', spm_floor='zero', cam_bn='eval')
+    p = mix.make_params(x, y)
+    cam = class_activation_maps(model, x, y, method='gradcam', target_layer='layer3', bn='eval')
+    pos = cam.clamp_min(0)
+    # a map with no positive value is NaN in both (the label weights then fall back to area ratios)
+    torch.testing.assert_close(p.spm, pos / pos.sum((1, 2), keepdim=True), rtol=1e-4, atol=1e-7, equal_nan=True)
+    some = (cam > 0).flatten(1).any(1)
+    assert bool(some.any()) and bool((cam < 0).any())
+    assert bool((p.spm[some][cam[some] <= 0] == 0).all())
+    # the reference floor differs on the same maps: it lifts every negative pixel above zero
+    ref = semantic_percent_map_normalise(cam, 'min')
+    assert bool((ref[cam < 0] > 0).any())
+
+
+def test_spm_floor_zero_without_positive_evidence_falls_back_to_area():
+    spm = semantic_percent_map_normalise(-torch.rand(2, 8, 8), 'zero')
+    assert torch.isnan(spm).all()
+
+
 def test_errors():
     model = _model()
+    with pytest.raises(ValueError, match=r"snapmix: spm_floor must be one of \('min', 'zero'\), got 'relu'"):
+        _mix(model, spm_floor='relu')
     with pytest.raises(ValueError, match='snapmix: beta must be > 0, got 0'):
         _mix(model, beta=0)
     with pytest.raises(ValueError, match="snapmix: boxes must be 'batch' or 'sample', got 'pair'"):

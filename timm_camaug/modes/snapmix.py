@@ -35,10 +35,23 @@ class SnapMixParams(MixParams):
     spm: Optional[torch.Tensor]     # (N, H, W) float32 semantic percent maps of the unmixed images (sum 1)
 
 
-def semantic_percent_map_normalise(maps: torch.Tensor) -> torch.Tensor:
-    """Subtract each map's minimum, divide by its sum (a constant map gives NaN, as in the reference)."""
-    shifted = maps - maps.flatten(1).amin(1)[:, None, None]
-    return shifted / shifted.sum(dim=(1, 2), keepdim=True)
+SPM_FLOORS = ('min', 'zero')
+
+
+def semantic_percent_map_normalise(maps: torch.Tensor, floor: str = 'min') -> torch.Tensor:
+    """Each map made non-negative and divided by its sum.
+
+    ``floor='min'`` subtracts the map's minimum (the reference); ``'zero'`` keeps only its positive part
+    (ReLU), so negative evidence weighs nothing instead of lifting the whole image. A map with nothing
+    left (constant, or no positive value) gives NaN, which the label weights turn into area ratios.
+    """
+    if floor == 'min':
+        kept = maps - maps.flatten(1).amin(1)[:, None, None]
+    elif floor == 'zero':
+        kept = maps.clamp_min(0)
+    else:
+        raise ValueError(f"spm_floor must be one of {SPM_FLOORS}, got {floor!r}")
+    return kept / kept.sum(dim=(1, 2), keepdim=True)
 
 
 def snapmix_label_weights(spm: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor, box_t: torch.Tensor,
@@ -75,6 +88,9 @@ class SnapMix(CamGuidedMode):
             them twice per step). ``'eval'`` uses the running statistics.
         cam_layer: a finer target layer (e.g. ``'layer3'``) for label weights from a higher-resolution map
             (Grad-CAM at that layer); off by default.
+        spm_floor: ``'min'`` (default, the reference) shifts each CAM by its minimum before dividing by its
+            sum; ``'zero'`` keeps only its positive part. With a finer ``cam_layer`` this gives the most
+            faithful label weights of the label-fidelity benchmark (see BENCHMARKS.md).
         (and the options of :class:`~timm_camaug.modes.base.CamGuidedMode` / :class:`MixMode`)
     """
     name = 'snapmix'
@@ -84,19 +100,24 @@ class SnapMix(CamGuidedMode):
         Option('beta', 5.0, 'Beta(beta, beta) of the target and source box draws'),
         Option('boxes', 'batch', "one box pair per 'batch' (reference) or per 'sample'", str, ('batch', 'sample')),
         Option('cam_method', SPM, "'spm' (reference semantic percent map) or a CAM method", str, (SPM,) + CAM_METHODS),
+        Option('spm_floor', 'min', "make the CAM non-negative by subtracting its 'min' (reference) or by keeping "
+                                   "values above 'zero' (finer label weights)", str, SPM_FLOORS),
     ) + tuple(o for o in CamGuidedMode.cam_options if o.name not in ('cam_method', 'cam_bn')) + (
         Option('cam_bn', 'batch', "BatchNorm statistics of the CAM forward: 'batch' (reference numerics) or "
                                    "'eval'; running statistics are never updated", str, ('eval', 'batch')),
     )
 
     def __init__(self, *, beta: float = 5.0, boxes: str = 'batch', cam_method: str = SPM, cam_bn: str = 'batch',
-                 **kwargs):
+                 spm_floor: str = 'min', **kwargs):
         if beta <= 0:
             raise ValueError(f"snapmix: beta must be > 0, got {beta}")
         if boxes not in ('batch', 'sample'):
             raise ValueError(f"snapmix: boxes must be 'batch' or 'sample', got {boxes!r}")
+        if spm_floor not in SPM_FLOORS:
+            raise ValueError(f"snapmix: spm_floor must be one of {SPM_FLOORS}, got {spm_floor!r}")
         self.beta = float(beta)
         self.boxes = boxes
+        self.spm_floor = spm_floor
         super().__init__(cam_method=cam_method, cam_bn=cam_bn, **kwargs)
         if self.cam_method == SPM and not self._has_closed_form():
             _logger.warning(
@@ -113,7 +134,7 @@ class SnapMix(CamGuidedMode):
             maps, _ = self._cam_layer_maps(x, labels, method='cam', feature_relu=True, class_bias=True)
         else:
             maps, _ = self._cam_layer_maps(x, labels, method='auto' if self.cam_method == SPM else self.cam_method)
-        return semantic_percent_map_normalise(maps)
+        return semantic_percent_map_normalise(maps, self.spm_floor)
 
     def make_params(self, x: torch.Tensor, target: torch.Tensor) -> SnapMixParams:
         _, labels = self._check_batch(x, target)
