@@ -200,10 +200,15 @@ def test_non_linear_head_falls_back_to_gradcam(caplog):
     torch.testing.assert_close(p.spm.sum((1, 2)), torch.ones(2))
 
 
-def test_finer_layer_and_reduced_scale_options():
+def test_finer_layer_and_reduced_scale_options(caplog):
     model = _model()
     x, y = torch.randn(3, 3, 64, 64), torch.tensor([0, 1, 2])
-    fine = _mix(model, cam_layer='layer3', cam_method='gradcam').make_params(x, y)
+    with caplog.at_level(logging.WARNING):
+        fine = _mix(model, cam_layer='layer3').make_params(x, y)
+    assert 'falls back' not in caplog.text      # asked for, so no warning
+    torch.testing.assert_close(fine.spm, semantic_percent_map_normalise(
+        class_activation_maps(model, x, y, method='gradcam', target_layer='layer3', bn='batch')),
+        rtol=1e-4, atol=1e-7)
     coarse = _mix(model).make_params(x, y)
     assert fine.spm.shape == coarse.spm.shape == (3, 64, 64)
     torch.testing.assert_close(fine.spm.sum((1, 2)), torch.ones(3))

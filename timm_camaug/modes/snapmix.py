@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 
 from ..boxes import box_area, paste_resized, rand_bbox, region_sum, sample_beta
-from ..cam import CAM_METHODS
+from ..cam import CAM_METHODS, FEATURES
 from ..targets import mix_soft_targets, prepare_targets
 from .base import CamGuidedMode, MixParams, Option
 
@@ -120,10 +120,12 @@ class SnapMix(CamGuidedMode):
         self.spm_floor = spm_floor
         super().__init__(cam_method=cam_method, cam_bn=cam_bn, **kwargs)
         if self.cam_method == SPM and not self._has_closed_form():
-            _logger.warning(
-                "snapmix: %s has no global-average-pool + linear head at the final feature map%s; "
-                "the semantic percent map falls back to Grad-CAM", type(self.model).__name__,
-                f" (cam_layer={self.cam_layer!r})" if self.cam_layer else '')
+            if self.cam_layer in (None, FEATURES):
+                _logger.warning("snapmix: %s has no global-average-pool + linear head at the final feature map; "
+                                "the semantic percent map falls back to Grad-CAM", type(self.model).__name__)
+            else:   # asked for: a finer layer has no closed form
+                _logger.info("snapmix: cam_layer=%r: the semantic percent map is Grad-CAM at that layer",
+                             self.cam_layer)
 
     def _cam_methods(self) -> Tuple[str, ...]:
         return (SPM,) + CAM_METHODS
