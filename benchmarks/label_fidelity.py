@@ -104,14 +104,7 @@ def cam_on_part(model, x, y, masks, layer=None) -> Dict[str, float]:
             'part_area': float(masks.float().mean())}
 
 
-def relu_spm(model, x, labels, layer, method='gradcam'):
-    """Analysis only (not a snapmix option): the CAM ReLU'd and divided by its sum, instead of min-shifted."""
-    raw = timm_camaug.class_activation_maps(model, x, labels, method=method, target_layer=layer, bn='batch')
-    r = raw.clamp_min(0)
-    return r / r.sum((1, 2), keepdim=True).clamp_min(1e-12)
-
-
-def mode_runner(mode: str, model, args, data_config, spm_fn: Optional[Callable] = None, area_labels=False, **opts):
+def mode_runner(mode: str, model, args, data_config, area_labels=False, **opts):
     """A function (x, y, masks) -> FidelityErrors for one mode variant (fresh generator per variant, so
     variants of one mode share their random draws)."""
     gen = torch.Generator().manual_seed(args.seed)
@@ -120,8 +113,6 @@ def mode_runner(mode: str, model, args, data_config, spm_fn: Optional[Callable] 
 
     def run(x, y, masks):
         params = mix_fn.make_params(x, y)
-        if spm_fn is not None:
-            params.spm = spm_fn(x, y)
         _, soft = mix_fn.apply(x, y, params)
         if mode in ('gutout', 'cam-erase'):
             if mode == 'gutout':
@@ -190,10 +181,11 @@ def main(argv=None):
         for method in ('gradcam++', 'eigencam'):
             variants[f'snapmix cam_layer={layer} cam_method={method}'] = mode_runner(
                 'snapmix', model, args, data_config, cam_layer=layer, cam_method=method)
+    variants['snapmix spm_floor=zero (final features)'] = mode_runner('snapmix', model, args, data_config,
+                                                                      spm_floor='zero')
     for layer in finer:
-        variants[f'[analysis] snapmix cam_layer={layer}, Grad-CAM ReLU\'d (not an option)'] = mode_runner(
-            'snapmix', model, args, data_config, cam_layer=layer,
-            spm_fn=lambda x, y, layer=layer: relu_spm(model, x, y, layer))
+        variants[f'snapmix cam_layer={layer} spm_floor=zero (finer option)'] = mode_runner(
+            'snapmix', model, args, data_config, cam_layer=layer, spm_floor='zero')
     variants['saliencymix (paper)'] = mode_runner('saliencymix', model, args, data_config)
     variants['attentive (EfficientNet-Lite0 extractor, 7x7, top 6)'] = mode_runner(
         'attentive', model, args, data_config, extractor=extractor)
