@@ -14,7 +14,7 @@ from torch import nn
 from conftest import (assert_same_state, fill_grads, imagenet_normalize, pretrained_efficientnet_lite0, real_photo,
                       state_snapshot)
 from timm_camaug import CAM_METHODS, class_activation_maps
-from timm_camaug.cam import layer_maps, pool_linear_classifier, resolve_target_layer, upsample_maps
+from timm_camaug.cam import layer_maps, pool_linear_classifier, upsample_maps
 
 pgc = pytest.importorskip('pytorch_grad_cam')
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # noqa: E402
@@ -212,6 +212,122 @@ def test_pool_linear_probe():
     assert pool_linear_classifier(timm.create_model('convnext_atto', num_classes=3)) is None
 
 
+@pytest.mark.parametrize('pool', ['avg', 'max'])
+def test_probe_follows_reset_classifier(pool):
+    """The cached head probe is redone when reset_classifier replaces the head: maps as for a fresh model."""
+    import copy
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=7).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert layer_maps(model, x, 1).method == 'cam'          # probed (pool + linear) and cached
+    torch.manual_seed(1)
+    model.reset_classifier(3, global_pool=pool)
+    fresh = copy.deepcopy(model)                            # never probed
+    lm, expected = layer_maps(model, x, 2), layer_maps(fresh, x, 2)
+    assert lm.method == expected.method == ('cam' if pool == 'avg' else 'gradcam')
+    assert lm.logits.shape == (2, 3)
+    torch.testing.assert_close(lm.maps, expected.maps)
+
+
+class _InplaceNet(nn.Module):
+    """A timm-like classifier whose target layer and feature map are followed by in-place ReLUs."""
+    num_classes = 4
+
+    def __init__(self, inplace: bool):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 16, 3, padding=1)
+        self.act = nn.ReLU(inplace=inplace)
+        self.head_act = nn.ReLU(inplace=inplace)
+        self.fc = nn.Linear(16, 4)
+
+    def forward_features(self, x):
+        return self.body(self.stem(x))
+
+    def forward_head(self, x):
+        return self.fc(self.head_act(x).mean((2, 3)))
+
+    def forward(self, x):
+        x = self.act(self.stem(x))
+        return self.forward_head(self.body(x))
+
+
+@pytest.mark.parametrize('method', ['gradcam', 'hirescam', 'eigencam'])
+@pytest.mark.parametrize('layer', ['stem', None], ids=['hooked-layer', 'final-features'])
+def test_inplace_op_after_the_target_layer(method, layer):
+    """ReLU(inplace=True) right after the target layer (or first in the head) neither fails nor changes the map."""
+    torch.manual_seed(0)
+    model = _InplaceNet(inplace=True).eval()
+    reference = _InplaceNet(inplace=False).eval()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    lm = layer_maps(model, x, torch.tensor([1, 3]), method=method, target_layer=layer)
+    expected = layer_maps(reference, x, torch.tensor([1, 3]), method=method, target_layer=layer)
+    assert (lm.maps < 0).any(), 'the activation must be read before the ReLU'
+    torch.testing.assert_close(lm.maps, expected.maps)
+    torch.testing.assert_close(lm.logits, expected.logits)
+    # the head starts with a ReLU: it is not global-average-pool + linear, even when that ReLU works in place
+    assert layer_maps(model, x, 1, method='auto').method == 'gradcam'
+    with pytest.raises(ValueError, match="method='cam' needs the final feature map and a global-average-pool"):
+        layer_maps(model, x, 1, method='cam')
+
+
+def test_inplace_relu_after_a_timm_layer():
+    """timm's BasicBlock applies act1 = ReLU(inplace=True) to bn1's output: maps there are bn1's own output's."""
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18', num_classes=7, zero_init_last=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([3, 5])
+    assert model.layer3[0].act1.inplace
+    inplace = {m: layer_maps(model, x, t, method=m, target_layer='layer3.0.bn1').maps for m in ('gradcam', 'eigencam')}
+    model.layer3[0].act1.inplace = False
+    for m, maps in inplace.items():
+        assert maps.abs().amax() > 0 and (maps < 0).any()
+        torch.testing.assert_close(maps, layer_maps(model, x, t, method=m, target_layer='layer3.0.bn1').maps)
+
+
+@pytest.mark.parametrize('method,layer', [('cam', None), ('gradcam', None), ('eigencam', None),
+                                          ('gradcam', 'layer3'), ('eigencam', 'layer3')])
+def test_gradient_checkpointing(method, layer):
+    """timm's set_grad_checkpointing runs layer3's blocks directly (its hook would never fire): the CAM forward
+    runs without checkpointing, and the flag is back on afterwards."""
+    import copy
+    model = _train_model()
+    plain = copy.deepcopy(model)
+    model.set_grad_checkpointing(True)
+    before = state_snapshot(model)
+    x = torch.randn(2, 3, 64, 64)
+    maps = class_activation_maps(model, x, torch.tensor([1, 2]), method=method, target_layer=layer, bn='batch')
+    torch.testing.assert_close(maps, class_activation_maps(plain, x, torch.tensor([1, 2]), method=method,
+                                                           target_layer=layer, bn='batch'))
+    assert model.grad_checkpointing is True
+    assert_same_state(before, state_snapshot(model))
+
+
+class _SkipsItsStage(nn.Module):
+    """Runs its stage's blocks one by one, as checkpointing code of its own might: the stage's hook never fires."""
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.stage = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1))
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        for block in self.stage:
+            x = block(x)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_layer_that_is_never_called():
+    with pytest.raises(ValueError, match=r"target layer 'stage' was not called in the forward of _SkipsItsStage, so "
+                                         r"its output cannot be read \(gradient checkpointing .* turn it off, or name "
+                                         r"a module that is called, e.g. 'stage.1'\)"):
+        class_activation_maps(_SkipsItsStage(), torch.randn(1, 3, 8, 8), 0, method='gradcam', target_layer='stage')
+    assert class_activation_maps(_SkipsItsStage(), torch.randn(1, 3, 8, 8), 0, method='gradcam',
+                                 target_layer='stage.1').shape == (1, 8, 8)
+
+
 # ---------------------------------------------------------------------------------------------- hazards
 
 def _train_model(name='resnet18'):
@@ -259,6 +375,37 @@ def test_dropout_off_and_bn_mode_numerics():
     expected = upsample_maps(torch.einsum('nchw,c->nhw', feats_batch, w[1]), x.shape[-2:])
     torch.testing.assert_close(batch, expected, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(batch, class_activation_maps(model, x, 1, method='cam', bn='eval'))
+
+
+def test_batch_statistics_without_writing_the_running_statistics():
+    """bn='batch' switches the running statistics off for the CAM forward instead of updating and restoring
+    them: the buffers are never written (their version counters do not move)."""
+    model = _train_model()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    versions = [(m.running_mean._version, m.running_var._version, m.num_batches_tracked._version) for m in bns]
+    class_activation_maps(model, torch.randn(3, 3, 64, 64), 1, method='gradcam', bn='batch')
+    assert [(m.running_mean._version, m.running_var._version, m.num_batches_tracked._version) for m in bns] == versions
+    assert all(m.track_running_stats for m in bns)
+
+
+class _OwnForwardBN(nn.BatchNorm2d):
+    """A BatchNorm with a forward of its own, which updates its statistics whatever track_running_stats says."""
+
+    def forward(self, x):
+        mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, 0.5)
+            self.running_var.lerp_(var, 0.5)
+            self.num_batches_tracked += 1
+        return (x - mean[:, None, None]) / (var[:, None, None] + self.eps).sqrt()
+
+
+def test_batch_statistics_of_a_custom_batchnorm_are_restored():
+    model = _train_model()
+    model.bn1 = _OwnForwardBN(64)
+    before = state_snapshot(model)
+    class_activation_maps(model, torch.randn(3, 3, 64, 64), 1, method='gradcam', bn='batch')
+    assert_same_state(before, state_snapshot(model))
 
 
 def test_hooks_released_when_the_call_raises(monkeypatch):
@@ -318,12 +465,25 @@ def test_bf16_autocast_and_channels_last():
     torch.testing.assert_close(cl, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
-def test_unwraps_compiled_and_ddp():
+def test_compiled_model_runs_unchanged_after_a_cam():
+    """The compiled model is unwrapped for the CAM, and afterwards still runs the graph it compiled before
+    (no hook or flag left behind that would make dynamo recompile)."""
+    model = _train_model().eval()
+    x = torch.randn(2, 3, 64, 64)
+    compiled = torch.compile(model, backend='eager')   # dynamo's tracing and guards; inductor adds ~15 s on a CPU
+    with torch.no_grad():
+        first = compiled(x)
+    for layer in (None, 'layer3'):
+        torch.testing.assert_close(class_activation_maps(compiled, x, 1, method='gradcam', target_layer=layer),
+                                   class_activation_maps(model, x, 1, method='gradcam', target_layer=layer))
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        assert torch.equal(compiled(x), first)
+
+
+def test_unwraps_ddp():
     model = _train_model()
     x = torch.randn(2, 3, 64, 64)
     ref = class_activation_maps(model, x, 1)
-    compiled = torch.compile(model)   # never called: only unwrapped
-    torch.testing.assert_close(class_activation_maps(compiled, x, 1), ref)
     import torch.distributed as dist
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))

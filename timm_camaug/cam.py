@@ -19,7 +19,7 @@ import difflib
 import weakref
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -114,11 +114,13 @@ def layer_maps(
         bn: str = 'eval',
         feature_relu: bool = False,
         class_bias: bool = False,
+        check_target: bool = True,
 ) -> LayerMaps:
     """Class activation maps at the target layer's grid (see :func:`class_activation_maps`).
 
     ``feature_relu`` and ``class_bias`` apply to ``method='cam'`` only: ReLU the feature map first and add
-    the class's bias, as SnapMix's semantic percent map does.
+    the class's bias, as SnapMix's semantic percent map does. ``check_target=False`` skips the range check of
+    ``target`` against ``model.num_classes`` (a host-device sync) for callers that checked it already.
     """
     model = unwrap_model(model)
     _check_input(x)
@@ -127,7 +129,7 @@ def layer_maps(
     if (feature_relu or class_bias) and method not in ('cam', 'auto'):
         raise ValueError("feature_relu/class_bias apply to the closed-form CAM only (method='cam')")
     num_classes = _num_classes(model)
-    target = _check_target(target, x.shape[0], num_classes, x.device)
+    target = _check_target(target, x.shape[0], num_classes if check_target else None, x.device)
     layer = resolve_target_layer(model, target_layer)
 
     if method in ('auto', 'cam'):
@@ -149,8 +151,8 @@ def layer_maps(
         stack.enter_context(cam_forward_mode(model, bn))
         stack.enter_context(torch.no_grad())
         if layer.module is None:
-            return _final_features_maps(model, x, target, method, layer, feature_relu, class_bias)
-        return _hooked_layer_maps(model, x, target, method, layer, stack)
+            return _final_features_maps(model, x, target, num_classes, method, layer, feature_relu, class_bias)
+        return _hooked_layer_maps(model, x, target, num_classes, method, layer, stack)
 
 
 def resolve_target_layer(model: nn.Module, target_layer: LayerArg = None) -> TargetLayer:
@@ -179,20 +181,23 @@ def resolve_target_layer(model: nn.Module, target_layer: LayerArg = None) -> Tar
         raise TypeError(f"target_layer must be a module, a module name or None, got {type(target_layer).__name__}")
     if target_layer == FEATURES:
         if not (hasattr(model, 'forward_features') and hasattr(model, 'forward_head')):
-            raise ValueError(f"target_layer='features' needs a timm model with forward_features/forward_head")
+            raise ValueError("target_layer='features' needs a timm model with forward_features/forward_head")
         return TargetLayer(FEATURES, None, 'NHWC' if out_fmt == 'NHWC' else 'NCHW', npt)
     module = _get_submodule(model, target_layer)
     return _layer_for_module(model, target_layer, module, npt, out_fmt)
 
 
-_POOL_LINEAR: 'weakref.WeakKeyDictionary[nn.Module, bool]' = weakref.WeakKeyDictionary()
+# model -> (weak references to its head modules when probed, probe result)
+_POOL_LINEAR: 'weakref.WeakKeyDictionary[nn.Module, Tuple[Tuple[weakref.ref, ...], bool]]' = weakref.WeakKeyDictionary()
 
 
 def pool_linear_classifier(model: nn.Module, layer: Optional[TargetLayer] = None) -> Optional[nn.Linear]:
     """The head's ``nn.Linear`` when ``forward_head`` is exactly global-average-pool then that linear layer.
 
-    Checked once per model by comparing ``forward_head`` with the closed form on a random feature map (in
-    eval mode, without autocast), so any timm family qualifies without a list of names.
+    Checked by comparing ``forward_head`` with the closed form on a random feature map (in eval mode,
+    without autocast), so any timm family qualifies without a list of names. The result is kept per model
+    for as long as its classifier and its ``global_pool`` / ``head`` modules are the same objects
+    (``reset_classifier`` replaces them, and the head is probed again).
     """
     model = unwrap_model(model)
     if layer is None:
@@ -202,10 +207,13 @@ def pool_linear_classifier(model: nn.Module, layer: Optional[TargetLayer] = None
     clf = model.get_classifier() if hasattr(model, 'get_classifier') else None
     if not isinstance(clf, nn.Linear):
         return None
-    ok = _POOL_LINEAR.get(model)
-    if ok is None:
+    head = _head_modules(model, clf)
+    cached = _POOL_LINEAR.get(model)
+    if cached is not None and len(cached[0]) == len(head) and all(r() is m for r, m in zip(cached[0], head)):
+        ok = cached[1]
+    else:
         ok = _probe_pool_linear(model, clf, layer.layout)
-        _POOL_LINEAR[model] = ok
+        _POOL_LINEAR[model] = (tuple(weakref.ref(m) for m in head), ok)
     return clf if ok else None
 
 
@@ -278,17 +286,27 @@ def _get_submodule(model: nn.Module, name: str) -> nn.Module:
     return m
 
 
+def _head_modules(model: nn.Module, clf: nn.Module) -> List[nn.Module]:
+    mods = [clf]
+    for attr in ('global_pool', 'head'):
+        m = getattr(model, attr, None)
+        if isinstance(m, nn.Module):
+            mods.extend(m.modules())
+    return mods
+
+
 def _probe_pool_linear(model: nn.Module, clf: nn.Linear, layout: str) -> bool:
     w = clf.weight
     gen = torch.Generator().manual_seed(0)
     f = torch.randn(2, clf.in_features, 3, 2, generator=gen).to(device=w.device, dtype=w.dtype)
     native = f.permute(0, 2, 3, 1) if layout == 'NHWC' else f
+    with torch.no_grad(), torch.autocast(w.device.type, enabled=False):
+        expected = F.linear(f.mean((2, 3)), w, clf.bias)     # before the head, which may change f in place
     try:
         with cam_forward_mode(model), torch.no_grad(), torch.autocast(w.device.type, enabled=False):
             out = model.forward_head(native)
     except Exception:  # a head that cannot take this map is not a pool + linear head
         return False
-    expected = F.linear(f.mean((2, 3)), w, clf.bias)
     if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
         return False
     scale = expected.abs().max().clamp_min(1e-6)
@@ -338,11 +356,14 @@ def _logits(out) -> torch.Tensor:
     return out
 
 
-def _resolve_target(target: Optional[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+def _resolve_target(target: Optional[torch.Tensor], logits: torch.Tensor, checked: Optional[int]) -> torch.Tensor:
+    """The class of each map; ``checked`` is the class count ``target`` is known to be in range for."""
     if target is None:
         return logits.detach().argmax(dim=1)
-    if int(target.max()) >= logits.shape[1]:
-        raise ValueError(f"target {int(target.max())} is out of range for a model with {logits.shape[1]} classes")
+    if checked != logits.shape[1]:   # a model without .num_classes, or scores of another width
+        top = int(target.max())
+        if top >= logits.shape[1]:
+            raise ValueError(f"target {top} is out of range for a model with {logits.shape[1]} classes")
     return target
 
 
@@ -350,7 +371,7 @@ def _class_score(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return logits.float().gather(1, target[:, None]).sum()
 
 
-def _final_features_maps(model, x, target, method, layer, feature_relu, class_bias) -> LayerMaps:
+def _final_features_maps(model, x, target, checked, method, layer, feature_relu, class_bias) -> LayerMaps:
     feats = _first_tensor(model.forward_features(x))
     hw = tuple(x.shape[-2:])
     if feats.ndim == 2:
@@ -364,7 +385,7 @@ def _final_features_maps(model, x, target, method, layer, feature_relu, class_bi
             weight = clf.weight.float()
             bias = None if clf.bias is None else clf.bias.float()
             logits = F.linear(a.mean((2, 3)), weight, bias)  # equals forward_head(feats): checked by the probe
-            t = _resolve_target(target, logits)
+            t = _resolve_target(target, logits, checked)
             if feature_relu:
                 a = F.relu(a)
             maps = torch.einsum('nchw,nc->nhw', a, weight[t])
@@ -372,42 +393,63 @@ def _final_features_maps(model, x, target, method, layer, feature_relu, class_bi
                 maps = maps + bias[t][:, None, None]
         return LayerMaps(maps, t, logits, 'cam', layer)
     if method == 'eigencam':
+        maps = _eigen_maps(_to_nchw(feats, layer, model, hw))   # before the head, which may work in place
         logits = _logits(model.forward_head(feats))
-        t = _resolve_target(target, logits)
-        a = _to_nchw(feats, layer, model, hw)
-        return LayerMaps(_eigen_maps(a), t, logits.detach(), method, layer)
+        return LayerMaps(maps, _resolve_target(target, logits, checked), logits.detach(), method, layer)
     leaf = feats.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = _logits(model.forward_head(leaf))
-        t = _resolve_target(target, logits)
+        # a copy into the head: an in-place op there (ReLU(inplace=True)) must not change or reject the leaf
+        logits = _logits(model.forward_head(leaf.clone()))
+        t = _resolve_target(target, logits, checked)
         (grad,) = torch.autograd.grad(_class_score(logits, t), leaf)
     a = _to_nchw(leaf.detach(), layer, model, hw)
     g = _to_nchw(grad, layer, model, hw)
     return LayerMaps(_gradient_maps(method, a, g), t, logits.detach(), method, layer)
 
 
-def _hooked_layer_maps(model, x, target, method, layer, stack: ExitStack) -> LayerMaps:
+def _hooked_layer_maps(model, x, target, checked, method, layer, stack: ExitStack) -> LayerMaps:
     hw = tuple(x.shape[-2:])
     needs_grad = method in GRADIENT_METHODS
-    if needs_grad:
-        def _cut(module, inputs, output):
-            # everything below the target layer ran without a graph; from here on, build one
+
+    def _replace_first(output, tensor):
+        if isinstance(output, torch.Tensor):
+            return tensor
+        return type(output)([tensor, *output[1:]]) if isinstance(output, list) else (tensor, *output[1:])
+
+    def _cut(module, inputs, output):
+        # everything below the target layer ran without a graph; from here on, build one (gradient methods)
+        leaf = _first_tensor(output).detach()
+        if needs_grad:
             torch.set_grad_enabled(True)
-            return _first_tensor(output).detach().requires_grad_(True)
-        handle = layer.module.register_forward_hook(_cut, prepend=True)
-        stack.callback(handle.remove)
+            leaf.requires_grad_(True)
+        return _replace_first(output, leaf)
+
+    def _shield(module, inputs, output):
+        # the rest of the forward gets a copy: an in-place op after the layer (ReLU(inplace=True)) then
+        # changes neither the recorded activation nor a leaf that requires grad
+        return _replace_first(output, _first_tensor(output).clone())
+
     # imported here: pytorch_grad_cam pulls in cv2, scikit-learn and matplotlib, which a stock run of a
     # patched train.py should not pay for
     from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
-    aag = ActivationsAndGradients(model, [layer.module], None, detach=False)
+    aag = ActivationsAndGradients(model, [layer.module], None, detach=False)   # records the leaf of _cut
     stack.callback(aag.release)
     # its gradient list can hold views, which its clear() cannot detach in place; we never read it
     stack.callback(setattr, aag, 'gradients', [])
+    for hook, first in ((_cut, True), (_shield, False)):
+        handle = layer.module.register_forward_hook(hook, prepend=first)
+        stack.callback(handle.remove)
     logits = _logits(aag(x))
     if not aag.activations:
-        raise ValueError(f"target layer {layer.name!r} was not called in the forward of {type(model).__name__}")
+        children = [n for n, _ in layer.module.named_children()]
+        hint = f", e.g. '{layer.name}.{children[-1]}'" if children else ''
+        raise ValueError(
+            f"target layer {layer.name!r} was not called in the forward of {type(model).__name__}, so its output "
+            f"cannot be read (gradient checkpointing that runs a stage's blocks directly skips the stage's own "
+            f"forward: turn it off, or name a module that is called{hint})")
     act = _first_tensor(aag.activations[-1])
-    t = _resolve_target(target, logits)
+    aag.activations = []
+    t = _resolve_target(target, logits, checked)
     if method == 'eigencam':
         return LayerMaps(_eigen_maps(_to_nchw(act, layer, model, hw)), t, logits.detach(), method, layer)
     try:
