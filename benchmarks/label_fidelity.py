@@ -119,7 +119,7 @@ def mode_runner(mode: str, model, args, data_config, area_labels=False, **opts):
                 erased = mix_fn.cut_masks(params) if params.cam is not None else torch.zeros_like(masks)
             else:
                 from timm_camaug.boxes import box_masks
-                erased = box_masks(params.boxes, masks.shape[-2:]) & params.active[:, None, None]
+                erased = box_masks(params.boxes.cpu(), masks.shape[-2:]) & params.active.cpu()[:, None, None]
             vis = fd.erase_visible_fraction(erased, masks)
             w = soft.gather(1, y[:, None])[:, 0]
             return fd.fidelity_errors(w, vis, keep=params.active)

@@ -85,8 +85,6 @@ def test_weighted_and_bbox_locations():
 
 def test_centres_are_uniform_over_the_region():
     """With a region fixed by hand, centres spread evenly over its pixels."""
-    model = _model()
-    mix = _mix(model)
     w = torch.zeros(1, 64, 64)
     w[0, 10:14, 20:24] = 1
     counts = torch.zeros(64, 64)
@@ -151,3 +149,39 @@ def test_errors():
         _mix(model, location='centre')
     with pytest.raises(ValueError, match="cam-erase: fill must be one of"):
         _mix(model, fill='random')
+    with pytest.raises(ValueError, match=r'cam-erase: need 0 < aspect_min <= aspect_max, got 0.3, inf'):
+        _mix(model, aspect_max=float('inf'))
+    with pytest.raises(ValueError, match=r'cam-erase: need 0 < area_min <= area_max <= 1, got nan, 0.4'):
+        _mix(model, area_min=float('nan'))
+    with pytest.raises(ValueError, match='cam-erase: gamma must be >= 0, got -1.0'):
+        _mix(model, gamma=-1.0)
+    with pytest.raises(ValueError, match='cam-erase: fill_value must be a finite number, got nan'):
+        _mix(model, fill='const', fill_value=float('nan'))
+
+
+def test_aspect_options_and_their_help():
+    """aspect_min and aspect_max bound one uniform draw; neither follows the other (methods.md: 0.3-3.33)."""
+    from timm_camaug.modes.cam_erase import CamErase
+    helps = {o.name: o.help for o in CamErase.options}
+    assert helps['aspect_min'] == 'smallest aspect ratio h/w of the erased box (drawn uniformly up to aspect_max)'
+    assert helps['aspect_max'] == 'largest aspect ratio h/w of the erased box'
+    mix = _mix(_model(), aspect_min=2.0, location='anywhere')
+    assert (mix.aspect_min, mix.aspect_max) == (2.0, 1 / 0.3)
+    p = mix.make_params(*_batch(n=64))
+    hw = (p.boxes[:, 1] - p.boxes[:, 0]).double() / (p.boxes[:, 3] - p.boxes[:, 2]).double()
+    assert hw.min() > 1.3 and hw.max() > 2.8          # tall boxes only (sides are rounded to pixels)
+
+
+@pytest.mark.parametrize('location', ['region', 'bbox'])
+def test_make_params_does_not_copy_to_the_host(location, monkeypatch):
+    """The CAM-guided boxes are computed on the CAM's device: no .cpu() (a host-device sync on a GPU)."""
+    mix = _mix(_model(), location=location)
+    x, y = _batch()
+
+    def no_host_copy(self, *a, **k):
+        raise AssertionError('.cpu() called in make_params')
+    monkeypatch.setattr(torch.Tensor, 'cpu', no_host_copy)
+    p = mix.make_params(x, y)
+    monkeypatch.undo()
+    assert p.cam is not None
+    _check_boxes(p, 64, 64, mix)

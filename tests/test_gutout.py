@@ -124,5 +124,11 @@ def test_errors():
         _mix(model, target='gt')
     with pytest.raises(ValueError, match="gutout: normalise must be 'sample' or 'batch'"):
         _mix(model, normalise='global')
+    with pytest.raises(ValueError, match='gutout: t_std must be >= 0, got nan'):
+        _mix(model, t_draw='batch', t_std=float('nan'))
+    with pytest.raises(ValueError, match='gutout: t_mean must be a finite number, got inf'):
+        _mix(model, t_draw='batch', t_mean=float('inf'))
+    with pytest.raises(ValueError, match='gutout: fill must be a finite number, got nan'):
+        _mix(model, fill=float('nan'))
     with pytest.raises(ValueError, match='gutout needs the model under training'):
         create_mix_fn('gutout', num_classes=K)

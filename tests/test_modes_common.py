@@ -108,7 +108,15 @@ def test_default_prob_and_epoch_hooks(mode, extractor):
     mix = build(mode, _model(), extractor, prob=None)
     assert mix.prob == DEFAULT_PROB[mode]
     assert mix.mixup_enabled is True
+    assert mix.epoch == 0
     mix.set_epoch(3)
+    assert mix.epoch == 3
+    if mode == 'cam-erase':    # the epoch is what ends the warm-up
+        warm = build(mode, _model(), extractor, warmup_epochs=2)
+        warm.set_epoch(1)
+        assert not warm.cam_guided
+        warm.set_epoch(2)
+        assert warm.cam_guided
 
 
 @pytest.mark.parametrize('mode', MIX_MODES)
@@ -158,6 +166,74 @@ def test_bf16_autocast_and_channels_last(mode, extractor):
     xc, tc = build(mode, model_cl, extractor, seed=5)(x.contiguous(memory_format=torch.channels_last), y)
     torch.testing.assert_close(xc, ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tc, ref[1], rtol=1e-4, atol=1e-4)
+
+
+CAM_MODES = ('snapmix', 'gutout', 'cam-erase')
+
+
+@pytest.mark.parametrize('mode', CAM_MODES)
+def test_cam_scale_with_bf16_inputs(mode, extractor):
+    """The CAM of a downscaled batch: antialiased resizing has no bf16 kernel on the CPU."""
+    model = _model()
+    x, y = batch()
+    ref_x, ref_t = build(mode, model, extractor, seed=5, cam_scale=0.5)(x, y)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        xm, t = build(mode, model, extractor, seed=5, cam_scale=0.5)(x.bfloat16(), y)
+    assert xm.dtype == torch.bfloat16 and t.dtype == torch.float32
+    assert torch.isfinite(xm.float()).all() and torch.isfinite(t).all()
+    model_bf16 = _model().to(torch.bfloat16)
+    xb, tb = build(mode, model_bf16, extractor, seed=5, cam_scale=0.5)(x.bfloat16(), y)
+    assert xb.dtype == torch.bfloat16 and torch.isfinite(xb.float()).all() and torch.isfinite(tb).all()
+    if mode == 'gutout':     # labels unchanged, the cut follows the CAM: most of the cut pixels agree
+        cut, ref_cut = xm.float() == 0, ref_x == 0
+        assert (cut & ref_cut).sum() > 0.5 * ref_cut.sum()
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_targets_checked_once_per_call(mode, extractor, monkeypatch):
+    """Checking the labels' range costs a host-device sync: a call checks them once, not in both steps."""
+    import importlib
+    from timm_camaug import targets
+    from timm_camaug.modes import MODE_PATHS
+    calls = []
+
+    def counting(*a, **k):
+        calls.append(1)
+        return targets.prepare_targets(*a, **k)
+    for module in ('timm_camaug.modes.base', MODE_PATHS[mode].split(':')[0]):
+        module = importlib.import_module(module)
+        if hasattr(module, 'prepare_targets'):
+            monkeypatch.setattr(module, 'prepare_targets', counting)
+    mix = build(mode, _model(), extractor)
+    mix(*batch())
+    assert len(calls) == 1
+    params = mix.make_params(*batch())
+    mix.apply(*batch(), params)     # apply on its own still checks its targets
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match=f'label {K} is out of range for num_classes={K}'):
+        mix.apply(batch()[0], torch.full((6,), K), params)
+
+
+@pytest.mark.parametrize('mode', CAM_MODES)
+def test_model_with_fewer_classes_is_refused(mode, extractor):
+    small = timm.create_model('resnet18', num_classes=K - 2)
+    with pytest.raises(ValueError, match=rf"{mode}: the model has {K - 2} classes, fewer than num_classes={K}: "
+                                         rf"labels >= {K - 2} have no class score"):
+        build(mode, small, extractor)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_generator_must_be_a_cpu_generator(mode, extractor):
+    class CudaGenerator(torch.Generator):       # what a CUDA generator reports, on a machine without one
+        @property
+        def device(self):
+            return torch.device('cuda', 0)
+    kw = {'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}
+    with pytest.raises(ValueError, match=rf"{mode}: generator must be a CPU torch.Generator \(random draws are made "
+                                         r"on the CPU and moved to the input's device\), got one on cuda:0"):
+        create_mix_fn(mode, model=_model(), num_classes=K, generator=CudaGenerator(), **kw)
+    with pytest.raises(TypeError, match=f'{mode}: generator must be a torch.Generator, got int'):
+        create_mix_fn(mode, model=_model(), num_classes=K, generator=0, **kw)
 
 
 @pytest.mark.parametrize('mode', MIX_MODES)
@@ -225,6 +301,15 @@ def test_create_from_train_args(mode, extractor):
     x, y = batch()
     xm, t = mix(x, y)
     assert t.shape == (6, K)
+
+
+def test_label_smoothing_given_overrides_args():
+    """label_smoothing=0.0 given to create_mix_fn is a value, not 'not given': it overrides --smoothing."""
+    args = _parser().parse_args(['--mix-mode', 'gutout', '--smoothing', '0.1'])
+    assert create_mix_fn(args, model=_model()).label_smoothing == 0.1
+    assert create_mix_fn(args, model=_model(), label_smoothing=0.0).label_smoothing == 0.0
+    assert create_mix_fn(args, model=_model(), label_smoothing=0.2).label_smoothing == 0.2
+    assert create_mix_fn('gutout', model=_model()).label_smoothing == 0.0
 
 
 def test_defaults_of_the_methods_table():

@@ -244,6 +244,8 @@ def test_errors():
         _mix(model, spm_floor='relu')
     with pytest.raises(ValueError, match='snapmix: beta must be > 0, got 0'):
         _mix(model, beta=0)
+    with pytest.raises(ValueError, match='snapmix: beta must be > 0, got nan'):
+        _mix(model, beta=float('nan'))
     with pytest.raises(ValueError, match="snapmix: boxes must be 'batch' or 'sample', got 'pair'"):
         _mix(model, boxes='pair')
     with pytest.raises(ValueError, match="snapmix: unknown cam_method 'grad'"):

@@ -1,5 +1,6 @@
 """ What a patched train.py calls (timm_camaug.train_glue), and the configs/ files, without timm's train.py. """
 import argparse
+import re
 from functools import partial
 from pathlib import Path
 
@@ -135,6 +136,75 @@ def test_sync_bn_is_refused_with_a_batch_statistics_cam():
     assert check_train_args(argparse.Namespace(mix_mode='snapmix', sync_bn=True, snapmix_cam_bn='eval')) == []
     assert check_train_args(argparse.Namespace(mix_mode='saliencymix', sync_bn=True)) == []
     assert check_train_args(argparse.Namespace(mix_mode='none', sync_bn=True, mixup=0.5)) == []
+
+
+def _loss_parser():
+    """train.py's loss flags, then add_args (whose parse_args runs check_train_args)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--bce-loss', action='store_true', default=False)
+    parser.add_argument('--bce-target-thresh', type=float, default=None)
+    add_args(parser)
+    return parser
+
+
+BCE_PROBLEM = ("--mix-mode snapmix with --bce-loss: SnapMix's soft targets can exceed 1 (when both images of a pair "
+               "have the same label, each weight becomes w_a + w_b, as the authors do, so one class can get up to 4), "
+               "which is not a valid binary cross-entropy target; add --bce-target-thresh (e.g. 0.2) to binarise the "
+               "targets, or drop --bce-loss (SoftTargetCrossEntropy)")
+
+
+def test_snapmix_with_bce_loss_needs_a_target_threshold(capsys):
+    args = _loss_parser().parse_known_args(['--mix-mode', 'snapmix', '--bce-loss'])[0]
+    assert check_train_args(args) == [BCE_PROBLEM]
+    with pytest.raises(SystemExit):
+        _loss_parser().parse_args(['--mix-mode', 'snapmix', '--bce-loss'])
+    assert BCE_PROBLEM in capsys.readouterr().err
+    # timm binarises the targets with a threshold; the other modes' targets stay in [0, 1]
+    assert _loss_parser().parse_args(['--mix-mode', 'snapmix', '--bce-loss', '--bce-target-thresh', '0.2']).bce_loss
+    for mode in ('saliencymix', 'gutout', 'cam-erase'):
+        assert _loss_parser().parse_args(['--mix-mode', mode, '--bce-loss']).bce_loss
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--mix-mode', 'snapmix', '--snapmix-beta', 'nan'], '--snapmix-beta: snapmix: beta must be > 0, got nan'),
+    (['--mix-mode', 'snapmix', '--snapmix-prob', '1.5'], r'--snapmix-prob: snapmix: prob must be in \[0, 1\], got 1.5'),
+    (['--mix-mode', 'saliencymix', '--saliencymix-beta', '-1'], '--saliencymix-beta: saliencymix: beta must be > 0'),
+    (['--mix-mode', 'gutout', '--gutout-t-std', '-0.1'], '--gutout-t-std: gutout: t_std must be >= 0, got -0.1'),
+    (['--mix-mode', 'gutout', '--gutout-fill', 'nan'], '--gutout-fill: gutout: fill must be a finite number, got nan'),
+    (['--mix-mode', 'cam-erase', '--cam-erase-area-min', '0.5', '--cam-erase-area-max', '0.1'],
+     '--cam-erase-area-min: cam-erase: need 0 < area_min <= area_max <= 1, got 0.5, 0.1'),
+    (['--mix-mode', 'cam-erase', '--cam-erase-aspect-max', 'inf'],
+     '--cam-erase-aspect-max: cam-erase: need 0 < aspect_min <= aspect_max, got 0.3, inf'),
+    (['--mix-mode', 'cam-erase', '--cam-erase-gamma', '-1'], '--cam-erase-gamma: cam-erase: gamma must be >= 0, got -1.0'),
+    (['--mix-mode', 'attentive', '--attentive-top-n', '0'], '--attentive-top-n: attentive: top_n must be an int >= 1, got 0'),
+])
+def test_bad_option_values_are_refused_at_parse_time(argv, message, capsys):
+    """The selected mode's options are checked as its constructor checks them, before anything is built."""
+    parser = argparse.ArgumentParser()
+    add_args(parser, validate=False)
+    (problem,) = check_train_args(parser.parse_args(argv))
+    assert re.fullmatch(message + '.*', problem)
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(argv)
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_only_the_selected_modes_options_are_checked():
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    assert parser.parse_args(['--mix-mode', 'gutout', '--snapmix-beta', '-1']).snapmix_beta == -1
+
+
+@pytest.mark.parametrize('value,why', [('2', "must be in (0, 1], got '2'"), ('nan', "must be in (0, 1], got 'nan'"),
+                                       ('half', "expected a number in (0, 1], got 'half'")])
+def test_cam_scale_flag_error_names_the_flag(value, why, capsys):
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--mix-mode', 'snapmix', '--snapmix-cam-scale', value])
+    assert f"argument --snapmix-cam-scale: {why}" in capsys.readouterr().err
 
 
 # --- configs/: YAML for train.py --config

@@ -1,9 +1,10 @@
 """ train.py's command line: ``add_args`` (``--mix-mode`` and one flag per mode option) and its checks. """
 import argparse
-from typing import Iterable, List, Optional
+from typing import List
 
-from .factory import option_dest
+from .factory import mode_options_from_args, option_dest
 from .modes import MIX_MODES, get_mode_class
+from .modes.base import OptionError
 
 __all__ = ['add_args', 'is_active', 'check_train_args', 'MIX_MODE_CHOICES']
 
@@ -61,7 +62,11 @@ def is_active(args: argparse.Namespace) -> bool:
 
 
 def check_train_args(args: argparse.Namespace) -> List[str]:
-    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode (empty: fine)."""
+    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode (empty: fine).
+
+    Besides flag combinations, the selected mode's option values are checked here (as its constructor
+    checks them), so a bad value stops train.py at start-up rather than after the model is built.
+    """
     if not is_active(args):
         return []
     mode = args.mix_mode
@@ -82,4 +87,13 @@ def check_train_args(args: argparse.Namespace) -> List[str]:
     if getattr(args, 'sync_bn', False) and getattr(args, option_dest(mode, 'cam_bn'), None) == 'batch':
         problems.append(f"--mix-mode {mode} with --{mode}-cam-bn batch runs SyncBatchNorm (--sync-bn) in its CAM forward, "
                         f"a collective that hangs when the ranks' random draws differ; add --{mode}-cam-bn eval")
+    if mode == 'snapmix' and getattr(args, 'bce_loss', False) and getattr(args, 'bce_target_thresh', None) is None:
+        problems.append("--mix-mode snapmix with --bce-loss: SnapMix's soft targets can exceed 1 (when both images of "
+                        "a pair have the same label, each weight becomes w_a + w_b, as the authors do, so one class "
+                        "can get up to 4), which is not a valid binary cross-entropy target; add --bce-target-thresh "
+                        "(e.g. 0.2) to binarise the targets, or drop --bce-loss (SoftTargetCrossEntropy)")
+    try:
+        get_mode_class(mode).validate_options(**mode_options_from_args(args, mode))
+    except OptionError as e:
+        problems.append(f"--{mode}-{e.option.replace('_', '-')}: {e}")
     return problems

@@ -116,11 +116,12 @@ def sample_from_weights(weights: torch.Tensor, u: torch.Tensor) -> Tuple[torch.T
     """A pixel (cy, cx) per sample, drawn with probability proportional to ``weights`` (N, H, W).
 
     ``u`` holds uniform draws in [0, 1): row 0 (or the whole tensor, if 1-D) is used, by inverse CDF,
-    so the draw is replayable from ``u``. All-zero weights give pixel (0, 0). Returns CPU int64 tensors.
+    so the draw is replayable from ``u``. All-zero weights give pixel (0, 0). Returns int64 tensors on the
+    weights' device.
     """
     n, h, w = weights.shape
     u0 = (u[0] if u.ndim == 2 else u).to(weights.device, torch.float64)
     cdf = weights.flatten(1).double().cumsum(1)
     idx = torch.searchsorted(cdf, (u0 * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=h * w - 1)
-    idx = torch.where(cdf[:, -1] > 0, idx, torch.zeros_like(idx)).cpu()
+    idx = torch.where(cdf[:, -1] > 0, idx, torch.zeros_like(idx))
     return idx // w, idx % w

@@ -29,7 +29,7 @@ def create_mix_fn(
         model: Optional[nn.Module] = None,
         num_classes: Optional[int] = None,
         prob: Optional[float] = None,
-        label_smoothing: float = 0.0,
+        label_smoothing: Optional[float] = None,
         data_config: Optional[Dict[str, Any]] = None,
         amp_autocast: Optional[Callable[[], Any]] = None,
         device: Optional[Union[str, torch.device]] = None,
@@ -47,10 +47,13 @@ def create_mix_fn(
         num_classes: number of classes of the soft targets.
         prob: probability of mixing; None: the mode's default.
         label_smoothing: baked into the soft targets (train.py's loss is then SoftTargetCrossEntropy).
+            None: ``args.smoothing`` when built from ``args``, else 0.0; any value given (0.0 too) wins.
         data_config: timm's resolved data config; its mean/std de-normalise the batch (default ImageNet's).
         amp_autocast: train.py's ``amp_autocast``, used around CAM and extractor forwards.
         device: the training device (auxiliary models such as attentive's extractor are moved there).
-        generator: ``torch.Generator`` for every random draw, for reproducible mixes.
+        generator: a CPU ``torch.Generator`` for every random draw, for reproducible mixes. Draws are made
+            on the CPU (as timm's ``Mixup`` makes them with numpy) and moved to the input's device, so a
+            generator on another device (CUDA) is refused with an error; None uses torch's default generator.
         **mode_options: the mode's own options (see each mode's class).
     """
     options: Dict[str, Any] = {}
@@ -62,7 +65,7 @@ def create_mix_fn(
         options = mode_options_from_args(args, mode)
         if num_classes is None:
             num_classes = getattr(args, 'num_classes', None)
-        if not label_smoothing:
+        if label_smoothing is None:
             label_smoothing = float(getattr(args, 'smoothing', 0.0) or 0.0)
         if mode == 'cam-erase' and options.get('warmup_epochs') is None:
             options['warmup_epochs'] = int(getattr(args, 'epochs', 0) or 0) // 2
@@ -82,6 +85,8 @@ def create_mix_fn(
         num_classes = getattr(model, 'num_classes', None)
     if num_classes is None:
         raise ValueError(f"{mode}: num_classes is needed (pass num_classes=, or a model with .num_classes)")
+    if label_smoothing is None:
+        label_smoothing = 0.0
     kwargs: Dict[str, Any] = dict(num_classes=int(num_classes), label_smoothing=label_smoothing,
                                   data_config=data_config, amp_autocast=amp_autocast, device=device,
                                   generator=generator, **options)

@@ -10,7 +10,7 @@ the image (N/49 when the grid divides the image). As in the paper, the attention
 whose patches are pasted (A), so that A's most informative regions are what B receives.
 """
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +19,8 @@ from torch import nn
 from ..boxes import cell_masks
 from ..extractor import create_timm_model, freeze, frozen_copy, model_mean_std, spatial_features
 from ..pixels import denormalize, normalize
-from ..targets import mix_soft_targets, prepare_targets
-from .base import MixMode, MixParams, Option, _optional_str
+from ..targets import mix_soft_targets
+from .base import MixMode, MixParams, Option, _optional_str, _require
 
 __all__ = ['AttentiveCutMix', 'AttentiveParams', 'REDUCTIONS', 'reduce_channels', 'top_cells']
 
@@ -96,12 +96,7 @@ class AttentiveCutMix(MixMode):
     def __init__(self, *, extractor: Union[str, nn.Module] = 'resnet50', extractor_checkpoint: Optional[str] = None,
                  extractor_size: int = 224, top_n: int = 6, reduce: str = 'mean', **kwargs):
         super().__init__(**kwargs)
-        if reduce not in REDUCTIONS:
-            raise ValueError(f"attentive: unknown reduce {reduce!r}; choose one of {', '.join(REDUCTIONS)}")
-        if not isinstance(extractor_size, int) or extractor_size < 1:
-            raise ValueError(f"attentive: extractor_size must be a positive int, got {extractor_size!r}")
-        if not isinstance(top_n, int) or top_n < 1:
-            raise ValueError(f"attentive: top_n must be an int >= 1, got {top_n!r}")
+        self._check_level(AttentiveCutMix, dict(reduce=reduce, extractor_size=extractor_size, top_n=top_n))
         if isinstance(extractor, nn.Module):
             if extractor_checkpoint is not None:
                 raise ValueError("attentive: extractor_checkpoint applies to a timm model name; "
@@ -131,6 +126,16 @@ class AttentiveCutMix(MixMode):
             self._move_to(self.device)
         probe = torch.zeros(1, len(self.mean), extractor_size, extractor_size, device=self.device)
         self.grid: Tuple[int, int] = tuple(self.grid_maps(probe).shape[-2:])
+
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        _require(o['reduce'] in REDUCTIONS, 'reduce',
+                 f"attentive: unknown reduce {o['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
+        size, top_n = o['extractor_size'], o['top_n']
+        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 1, 'extractor_size',
+                 f"attentive: extractor_size must be a positive int, got {size!r}")
+        _require(isinstance(top_n, int) and not isinstance(top_n, bool) and top_n >= 1, 'top_n',
+                 f"attentive: top_n must be an int >= 1, got {top_n!r}")
 
     def __repr__(self) -> str:
         return (f"AttentiveCutMix(prob={self.prob}, extractor={self.extractor_name!r}, "
@@ -166,8 +171,7 @@ class AttentiveCutMix(MixMode):
         self._check_top_n(tuple(maps.shape[-2:]))
         return maps
 
-    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> AttentiveParams:
-        self._check_batch(x, target)
+    def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> AttentiveParams:
         n = x.shape[0]
         active = self._gate(n)
         if not bool(active.any()):
@@ -177,9 +181,8 @@ class AttentiveCutMix(MixMode):
         maps = self.grid_maps(x)
         return AttentiveParams(active, perm, maps, top_cells(maps[perm.to(maps.device)], self.top_n))
 
-    def apply(self, x: torch.Tensor, target: torch.Tensor,
-              params: AttentiveParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+    def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
+               params: AttentiveParams) -> Tuple[torch.Tensor, torch.Tensor]:
         if not bool(params.active.any()):
             return x, soft
         perm = params.perm.to(x.device)

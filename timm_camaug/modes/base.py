@@ -3,9 +3,16 @@
 A mode is a callable ``mode(x, target) -> (x_mixed, soft_target)`` in two steps, as kornia splits its
 augmentations: :meth:`MixMode.make_params` draws every random choice and does every piece of model work
 (CAMs, features, saliency) into a dataclass; :meth:`MixMode.apply` is pure tensor code on those params,
-so ``mode.apply(x, target, params)`` replays a mix exactly.
+so ``mode.apply(x, target, params)`` replays a mix exactly. Subclasses implement ``_make_params`` and
+``_apply`` on checked inputs; a call checks the batch and its targets once.
+
+Option values are checked by one function per class (``_check_options``), which the constructor runs and
+:meth:`MixMode.validate_options` runs without building anything (train.py's start-up check).
 """
-from contextlib import nullcontext, suppress
+import argparse
+import math
+import numbers
+from contextlib import suppress
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple
 
@@ -16,9 +23,9 @@ from torch import nn
 from ..cam import CAM_METHODS, FEATURES, layer_maps, pool_linear_classifier, resolve_target_layer, upsample_maps
 from ..model_state import BN_MODES, unwrap_model
 from ..pixels import resolve_mean_std
-from ..targets import prepare_targets, smooth_one_hot
+from ..targets import prepare_targets
 
-__all__ = ['Option', 'MixMode', 'CamGuidedMode', 'MixParams']
+__all__ = ['Option', 'OptionError', 'MixMode', 'CamGuidedMode', 'MixParams']
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,24 @@ class Option:
         if self.default is None or isinstance(self.default, bool):
             raise TypeError(f"option {self.name!r} needs an explicit type")
         return type(self.default)
+
+
+class OptionError(ValueError):
+    """A bad value of one option of a mode; ``option`` is its name (train.py's flag is ``--<mode>-<option>``)."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
+def _require(ok: bool, option: str, message: str) -> None:
+    if not ok:
+        raise OptionError(option, message)
+
+
+def is_finite_number(v: Any) -> bool:
+    """A real, finite number (not a bool, NaN or infinity)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -57,8 +82,9 @@ class MixMode:
         num_classes: number of classes of the soft targets.
         prob: probability of mixing (per batch or per sample, see ``prob_per``); None: the mode's default.
         label_smoothing: smoothing baked into the soft targets, as timm's ``mixup_target`` does.
-        generator: ``torch.Generator`` for every random draw (None: torch's default generator, which
-            train.py seeds per rank).
+        generator: a CPU ``torch.Generator`` for every random draw (None: torch's default generator, which
+            train.py seeds per rank). Draws are made on the CPU, as timm's ``Mixup`` makes them with numpy,
+            and the results moved to the input's device; a generator on another device is refused.
         data_config: timm data config; its mean/std de-normalise the batch where pixel values are needed.
         amp_autocast: context manager factory for model forwards (train.py's ``amp_autocast``).
         device: where auxiliary models live (the input's device is used for everything else).
@@ -79,15 +105,21 @@ class MixMode:
             amp_autocast: Optional[Callable[[], Any]] = None,
             device: Optional[torch.device] = None,
     ):
+        self._check_level(MixMode, {'prob': prob})
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"{self.name}: num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.prob = self.default_prob if prob is None else float(prob)
-        if not 0.0 <= self.prob <= 1.0:
-            raise ValueError(f"{self.name}: prob must be in [0, 1], got {prob}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"{self.name}: label_smoothing must be in [0, 1), got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"{self.name}: generator must be a torch.Generator, got {type(generator).__name__}")
+            if generator.device.type != 'cpu':
+                raise ValueError(
+                    f"{self.name}: generator must be a CPU torch.Generator (random draws are made on the CPU "
+                    f"and moved to the input's device), got one on {generator.device}")
         self.generator = generator
         self.data_config = data_config
         self.mean, self.std = resolve_mean_std(data_config)
@@ -95,6 +127,34 @@ class MixMode:
         self.device = torch.device(device) if device is not None else None
         self.mixup_enabled = True
         self.epoch = 0
+
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        """Raise :class:`OptionError` for a bad value of an option this class defines (``o``: name -> value).
+
+        Every class that adds options defines its own; :meth:`validate_options` runs all of a mode's.
+        """
+        prob = o['prob']
+        _require(prob is None or (is_finite_number(prob) and 0.0 <= prob <= 1.0), 'prob',
+                 f"{cls.name}: prob must be in [0, 1], got {prob}")
+
+    @classmethod
+    def _check_level(cls, owner: type, values: Dict[str, Any]) -> None:
+        """Run the option checks ``owner`` defines itself (not those it inherits), for this mode class."""
+        check = vars(owner).get('_check_options')
+        if check is not None:
+            check.__func__(cls, values)
+
+    @classmethod
+    def validate_options(cls, **options: Any) -> None:
+        """Check option values as the constructor does, without building the mode (no model, no extractor).
+
+        Options not given take their defaults. Raises :class:`OptionError` (a ``ValueError`` whose ``option``
+        names the option) for the first bad value, with the constructor's message.
+        """
+        values = {'prob': None, **{o.name: o.default for o in cls.options}, **options}
+        for owner in reversed(cls.__mro__):
+            cls._check_level(owner, values)
 
     def __repr__(self) -> str:
         opts = ', '.join(f'{o.name}={getattr(self, o.name)!r}' for o in self.options if hasattr(self, o.name))
@@ -104,17 +164,30 @@ class MixMode:
         self.epoch = int(epoch)
 
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        return self.apply(x, target, self.make_params(x, target))
+        soft, labels = self._check_batch(x, target)
+        return self._apply(x, soft, labels, self._make_params(x, labels))
 
     def make_params(self, x: torch.Tensor, target: torch.Tensor) -> MixParams:
-        raise NotImplementedError
+        """Every random draw and every piece of model work of one call on ``(x, target)``."""
+        _, labels = self._check_batch(x, target)
+        return self._make_params(x, labels)
 
     def apply(self, x: torch.Tensor, target: torch.Tensor, params: MixParams) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(x_mixed, soft_target)`` from ``params`` (pure: the same params give the same result)."""
+        soft, labels = self._check_batch(x, target)
+        return self._apply(x, soft, labels, params)
+
+    def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> MixParams:
+        raise NotImplementedError
+
+    def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
+               params: MixParams) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
     # --- helpers for subclasses
 
     def _check_batch(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(soft targets, labels) of a checked batch (one host-device sync: the labels' range check)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ValueError(f"{self.name}: x must be an (N, C, H, W) tensor, got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -134,15 +207,15 @@ class MixMode:
     def _randperm(self, n: int) -> torch.Tensor:
         return torch.randperm(n, generator=self.generator)
 
-    def _unmixed(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
-        return x, soft
-
 
 def _positive_float(s: str) -> float:
-    v = float(s)
+    """argparse type of a fraction in (0, 1]; argparse prefixes the message with the flag."""
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
     if not 0.0 < v <= 1.0:
-        raise ValueError(f"expected a value in (0, 1], got {s}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s!r}")
     return v
 
 
@@ -178,22 +251,34 @@ class CamGuidedMode(MixMode):
         super().__init__(**kwargs)
         if model is None:
             raise ValueError(f"{self.name} needs the model under training: create_mix_fn({self.name!r}, model=model, ...)")
-        if cam_method not in self._cam_methods():
-            raise ValueError(f"{self.name}: unknown cam_method {cam_method!r}; choose one of {', '.join(self._cam_methods())}")
-        if cam_bn not in BN_MODES:
-            raise ValueError(f"{self.name}: cam_bn must be one of {BN_MODES}, got {cam_bn!r}")
-        if not 0.0 < float(cam_scale) <= 1.0:
-            raise ValueError(f"{self.name}: cam_scale must be in (0, 1], got {cam_scale}")
+        self._check_level(CamGuidedMode, dict(cam_method=cam_method, cam_bn=cam_bn, cam_scale=cam_scale))
         self.model = unwrap_model(model)
         self.cam_method = cam_method
         self.cam_layer = cam_layer
         self.cam_bn = cam_bn
         self.cam_scale = float(cam_scale)
+        model_classes = getattr(self.model, 'num_classes', None)
+        if isinstance(model_classes, int) and 0 < model_classes < self.num_classes:
+            raise ValueError(f"{self.name}: the model has {model_classes} classes, fewer than num_classes="
+                             f"{self.num_classes}: labels >= {model_classes} have no class score to take a CAM of")
+        # labels are range-checked once per call against num_classes; the CAM engine need not check them again
+        self._cam_checks_target = not isinstance(model_classes, int)
         resolve_target_layer(self.model, cam_layer)   # unknown layer names fail here, with close names
         if check_model:
             self._check_model()
 
-    def _cam_methods(self) -> Tuple[str, ...]:
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        methods = cls._cam_methods()
+        _require(o['cam_method'] in methods, 'cam_method',
+                 f"{cls.name}: unknown cam_method {o['cam_method']!r}; choose one of {', '.join(methods)}")
+        _require(o['cam_bn'] in BN_MODES, 'cam_bn', f"{cls.name}: cam_bn must be one of {BN_MODES}, got {o['cam_bn']!r}")
+        scale = o['cam_scale']
+        _require(is_finite_number(scale) and 0.0 < scale <= 1.0, 'cam_scale',
+                 f"{cls.name}: cam_scale must be in (0, 1], got {scale}")
+
+    @classmethod
+    def _cam_methods(cls) -> Tuple[str, ...]:
         return CAM_METHODS
 
     def _check_model(self) -> None:
@@ -218,10 +303,13 @@ class CamGuidedMode(MixMode):
         xs = x
         if self.cam_scale < 1.0:
             size = [max(1, round(s * self.cam_scale)) for s in x.shape[-2:]]
-            xs = F.interpolate(x, size=size, mode='bilinear', align_corners=False, antialias=True)
+            # antialiased resizing has no bf16/fp16 kernel on some backends: resize in float32
+            with torch.autocast(x.device.type, enabled=False):
+                xs = F.interpolate(x.float(), size=size, mode='bilinear', align_corners=False,
+                                   antialias=True).to(x.dtype)
         with self.amp_autocast():
-            lm = layer_maps(self.model, xs, labels, method=method or self.cam_method,
-                            target_layer=self.cam_layer, bn=self.cam_bn, **kw)
+            lm = layer_maps(self.model, xs, labels, method=method or self.cam_method, target_layer=self.cam_layer,
+                            bn=self.cam_bn, check_target=self._cam_checks_target, **kw)
         return upsample_maps(lm.maps, x.shape[-2:]), lm.target
 
     def _has_closed_form(self) -> bool:

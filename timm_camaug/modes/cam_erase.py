@@ -10,13 +10,12 @@ Box sizes follow Zhong et al.: area fraction U(0.02, 0.4) and aspect ratio U(0.3
 clamped to the image, so every draw is one batched step.
 """
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from ..boxes import box_masks, sample_from_weights
-from ..targets import prepare_targets
-from .base import CamGuidedMode, MixParams, Option, normalise_min_max
+from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number, normalise_min_max
 
 __all__ = ['CamErase', 'CamEraseParams']
 
@@ -26,8 +25,8 @@ FILLS = ('pixel', 'zero', 'const')
 
 @dataclass
 class CamEraseParams(MixParams):
-    """Erased boxes (CPU), the fill's noise seed, and the normalised CAM when it guided the boxes."""
-    boxes: torch.Tensor             # (N, 4) int64 [y0, y1, x0, x1], fully inside the image
+    """Erased boxes, the fill's noise seed, and the normalised CAM when it guided the boxes."""
+    boxes: torch.Tensor             # (N, 4) int64 [y0, y1, x0, x1], fully inside the image (input's device)
     centres: torch.Tensor           # (N, 2) int64 (row, col) drawn for the box; the box is shifted to fit
     noise_seed: int                 # seed of the per-pixel normal fill (fill='pixel')
     cam: Optional[torch.Tensor]     # (N, H, W) min-max normalised CAM (None during warm-up)
@@ -58,8 +57,8 @@ class CamErase(CamGuidedMode):
         Option('t', 0.5, "object vicinity: min-max normalised CAM >= t"),
         Option('area_min', 0.02, 'smallest erased area fraction'),
         Option('area_max', 0.4, 'largest erased area fraction'),
-        Option('aspect_min', 0.3, 'smallest aspect ratio h/w (largest: its inverse unless aspect_max is set)'),
-        Option('aspect_max', 1 / 0.3, 'largest aspect ratio h/w'),
+        Option('aspect_min', 0.3, 'smallest aspect ratio h/w of the erased box (drawn uniformly up to aspect_max)'),
+        Option('aspect_max', 1 / 0.3, 'largest aspect ratio h/w of the erased box'),
         Option('location', 'region', "box centre: uniform in the 'region', 'weighted' by cam**gamma, inside the "
                                      "region's 'bbox', or 'anywhere'", str, LOCATIONS),
         Option('gamma', 1.0, "exponent of location='weighted'"),
@@ -71,24 +70,37 @@ class CamErase(CamGuidedMode):
                  area_max: float = 0.4, aspect_min: float = 0.3, aspect_max: float = 1 / 0.3,
                  location: str = 'region', gamma: float = 1.0, fill: str = 'pixel', fill_value: float = 0.0,
                  **kwargs):
+        self._check_level(CamErase, dict(
+            warmup_epochs=warmup_epochs, t=t, area_min=area_min, area_max=area_max, aspect_min=aspect_min,
+            aspect_max=aspect_max, location=location, gamma=gamma, fill=fill, fill_value=fill_value))
         warmup_epochs = 0 if warmup_epochs is None else int(warmup_epochs)
-        if warmup_epochs < 0:
-            raise ValueError(f"cam-erase: warmup_epochs must be >= 0, got {warmup_epochs}")
-        if not 0.0 <= t <= 1.0:
-            raise ValueError(f"cam-erase: t must be in [0, 1], got {t}")
-        if not 0.0 < area_min <= area_max <= 1.0:
-            raise ValueError(f"cam-erase: need 0 < area_min <= area_max <= 1, got {area_min}, {area_max}")
-        if not 0.0 < aspect_min <= aspect_max:
-            raise ValueError(f"cam-erase: need 0 < aspect_min <= aspect_max, got {aspect_min}, {aspect_max}")
-        if location not in LOCATIONS:
-            raise ValueError(f"cam-erase: location must be one of {LOCATIONS}, got {location!r}")
-        if fill not in FILLS:
-            raise ValueError(f"cam-erase: fill must be one of {FILLS}, got {fill!r}")
         self.warmup_epochs, self.t = warmup_epochs, float(t)
         self.area_min, self.area_max = float(area_min), float(area_max)
         self.aspect_min, self.aspect_max = float(aspect_min), float(aspect_max)
         self.location, self.gamma, self.fill, self.fill_value = location, float(gamma), fill, float(fill_value)
         super().__init__(**kwargs)
+
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        w = o['warmup_epochs']
+        _require(w is None or (is_finite_number(w) and w >= 0), 'warmup_epochs',
+                 f"cam-erase: warmup_epochs must be >= 0, got {w}")
+        _require(is_finite_number(o['t']) and 0.0 <= o['t'] <= 1.0, 't', f"cam-erase: t must be in [0, 1], got {o['t']}")
+        a0, a1 = o['area_min'], o['area_max']
+        _require(is_finite_number(a0) and is_finite_number(a1) and 0.0 < a0 <= a1 <= 1.0,
+                 'area_max' if not (is_finite_number(a1) and 0.0 < a1 <= 1.0) else 'area_min',
+                 f"cam-erase: need 0 < area_min <= area_max <= 1, got {a0}, {a1}")
+        r0, r1 = o['aspect_min'], o['aspect_max']
+        _require(is_finite_number(r0) and is_finite_number(r1) and 0.0 < r0 <= r1,
+                 'aspect_max' if not (is_finite_number(r1) and r1 > 0.0) else 'aspect_min',
+                 f"cam-erase: need 0 < aspect_min <= aspect_max, got {r0}, {r1}")
+        _require(o['location'] in LOCATIONS, 'location',
+                 f"cam-erase: location must be one of {LOCATIONS}, got {o['location']!r}")
+        _require(is_finite_number(o['gamma']) and o['gamma'] >= 0, 'gamma',
+                 f"cam-erase: gamma must be >= 0, got {o['gamma']}")
+        _require(o['fill'] in FILLS, 'fill', f"cam-erase: fill must be one of {FILLS}, got {o['fill']!r}")
+        _require(is_finite_number(o['fill_value']), 'fill_value',
+                 f"cam-erase: fill_value must be a finite number, got {o['fill_value']}")
 
     @property
     def cam_guided(self) -> bool:
@@ -99,10 +111,10 @@ class CamErase(CamGuidedMode):
         """(N, H, W) CAMs of the labels, min-max normalised to [0, 1]."""
         return normalise_min_max(self._cam_maps(x, labels))
 
-    def _box_sizes(self, n: int, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        g = self.generator
-        area = (self.area_min + (self.area_max - self.area_min) * torch.rand(n, generator=g, dtype=torch.float64)) * h * w
-        aspect = self.aspect_min + (self.aspect_max - self.aspect_min) * torch.rand(n, generator=g, dtype=torch.float64)
+    def _box_sizes(self, area_u: torch.Tensor, aspect_u: torch.Tensor, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Box sides from uniform draws of the area fraction and the aspect ratio."""
+        area = (self.area_min + (self.area_max - self.area_min) * area_u) * h * w
+        aspect = self.aspect_min + (self.aspect_max - self.aspect_min) * aspect_u
         bh = torch.sqrt(area * aspect).round().long().clamp(1, h)
         bw = torch.sqrt(area / aspect).round().long().clamp(1, w)
         return bh, bw
@@ -113,13 +125,18 @@ class CamErase(CamGuidedMode):
             return torch.where(region, cam.clamp_min(0) ** self.gamma, torch.zeros_like(cam))
         return region.float()
 
-    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> CamEraseParams:
-        _, labels = self._check_batch(x, target)
+    def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> CamEraseParams:
         n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
         active = self._gate(n)
-        bh, bw = self._box_sizes(n, h, w)
-        u = torch.rand(2, n, generator=self.generator, dtype=torch.float64)
-        noise_seed = int(torch.randint(0, 2 ** 62, (), generator=self.generator))
+        g = self.generator
+        area_u = torch.rand(n, generator=g, dtype=torch.float64)
+        aspect_u = torch.rand(n, generator=g, dtype=torch.float64)
+        u = torch.rand(2, n, generator=g, dtype=torch.float64)
+        noise_seed = int(torch.randint(0, 2 ** 62, (), generator=g))
+        # the draws go to the input's device once; the boxes are computed there, next to the CAM
+        draws = torch.cat([area_u[None], aspect_u[None], u]).to(x.device)
+        bh, bw = self._box_sizes(draws[0], draws[1], h, w)
+        u = draws[2:]
         cam = None
         # plain random erasing: a box fully inside the image, top-left corner uniform
         y0 = (u[0] * (h - bh + 1)).floor().long()
@@ -128,7 +145,7 @@ class CamErase(CamGuidedMode):
         if self.cam_guided and bool(active.any()):
             cam = self.guidance_maps(x, labels)
             weights = self._weights(cam)
-            has_region = (weights.flatten(1).sum(1) > 0).cpu()
+            has_region = weights.flatten(1).sum(1) > 0
             if self.location == 'bbox':
                 gy0, gy1, gx0, gx1 = _bbox_of(weights > 0)
                 bh = torch.minimum(bh, (gy1 - gy0).clamp_min(1))
@@ -145,8 +162,8 @@ class CamErase(CamGuidedMode):
         boxes = torch.stack([y0, y0 + bh, x0, x0 + bw], dim=1)
         return CamEraseParams(active, boxes, torch.stack([cy, cx], 1), noise_seed, cam)
 
-    def apply(self, x: torch.Tensor, target: torch.Tensor, params: CamEraseParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+    def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
+               params: CamEraseParams) -> Tuple[torch.Tensor, torch.Tensor]:
         if not bool(params.active.any()):
             return x, soft
         mask = box_masks(params.boxes, x.shape[-2:], x.device) & params.active.to(x.device)[:, None, None]
@@ -160,7 +177,8 @@ class CamErase(CamGuidedMode):
 
 
 def _bbox_of(region: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """Bounding boxes (CPU int64 y0, y1, x0, x1) of (N, H, W) bool regions; empty regions give the image."""
+    """Bounding boxes (int64 y0, y1, x0, x1, on the regions' device) of (N, H, W) bool regions; empty regions
+    give the image."""
     n, h, w = region.shape
     rows, cols = region.any(2), region.any(1)
     ar_h = torch.arange(h, device=region.device)
@@ -172,4 +190,4 @@ def _bbox_of(region: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     empty = ~rows.any(1)
     y0, x0 = torch.where(empty, 0, y0), torch.where(empty, 0, x0)
     y1, x1 = torch.where(empty, h, y1), torch.where(empty, w, x1)
-    return tuple(t.cpu().long() for t in (y0, y1, x0, x1))
+    return tuple(t.long() for t in (y0, y1, x0, x1))

@@ -6,14 +6,13 @@ the dataset mean): the regions the network relies on most, possibly several irre
 unchanged.
 """
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
 from ..model_state import unwrap_model
-from ..targets import prepare_targets
-from .base import CamGuidedMode, MixParams, Option, normalise_max
+from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number, normalise_max
 
 __all__ = ['Gutout', 'GutoutParams']
 
@@ -62,27 +61,34 @@ class Gutout(CamGuidedMode):
     def __init__(self, *, model: nn.Module, t: float = 0.6, t_draw: str = 'fixed', t_mean: float = 0.9,
                  t_std: float = 0.05, target: str = 'label', normalise: str = 'sample', fill: float = 0.0,
                  cam_model: Optional[nn.Module] = None, **kwargs):
-        if t_draw not in THRESHOLD_DRAWS:
-            raise ValueError(f"gutout: t_draw must be one of {THRESHOLD_DRAWS}, got {t_draw!r}")
-        if t_draw == 'fixed' and not 0.0 <= t < 1.0:
-            raise ValueError(f"gutout: t must be in [0, 1), got {t}")
-        if t_std < 0:
-            raise ValueError(f"gutout: t_std must be >= 0, got {t_std}")
-        if target not in ('label', 'pred'):
-            raise ValueError(f"gutout: target must be 'label' or 'pred', got {target!r}")
-        if normalise not in ('sample', 'batch'):
-            raise ValueError(f"gutout: normalise must be 'sample' or 'batch', got {normalise!r}")
+        self._check_level(Gutout, dict(t=t, t_draw=t_draw, t_mean=t_mean, t_std=t_std, target=target,
+                                       normalise=normalise, fill=fill))
         self.t, self.t_draw, self.t_mean, self.t_std = float(t), t_draw, float(t_mean), float(t_std)
         self.target, self.normalise, self.fill = target, normalise, float(fill)
         self._run_threshold: Optional[float] = None
         super().__init__(model=unwrap_model(cam_model) if cam_model is not None else model, **kwargs)
+
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        _require(o['t_draw'] in THRESHOLD_DRAWS, 't_draw',
+                 f"gutout: t_draw must be one of {THRESHOLD_DRAWS}, got {o['t_draw']!r}")
+        _require(o['t_draw'] != 'fixed' or (is_finite_number(o['t']) and 0.0 <= o['t'] < 1.0), 't',
+                 f"gutout: t must be in [0, 1), got {o['t']}")
+        _require(is_finite_number(o['t_mean']), 't_mean', f"gutout: t_mean must be a finite number, got {o['t_mean']}")
+        _require(is_finite_number(o['t_std']) and o['t_std'] >= 0, 't_std',
+                 f"gutout: t_std must be >= 0, got {o['t_std']}")
+        _require(o['target'] in ('label', 'pred'), 'target',
+                 f"gutout: target must be 'label' or 'pred', got {o['target']!r}")
+        _require(o['normalise'] in ('sample', 'batch'), 'normalise',
+                 f"gutout: normalise must be 'sample' or 'batch', got {o['normalise']!r}")
+        _require(is_finite_number(o['fill']), 'fill', f"gutout: fill must be a finite number, got {o['fill']}")
 
     def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """(N, H, W) CAMs normalised by their maximum (per sample or per batch)."""
         cam = self._cam_maps(x, labels if self.target == 'label' else None)
         if self.normalise == 'batch':
             peak = cam.amax()
-            return cam / peak if bool(peak > 0) else torch.zeros_like(cam)
+            return torch.where(peak > 0, cam / peak.clamp_min(1e-12), torch.zeros_like(cam))
         return normalise_max(cam)
 
     def _thresholds(self, n: int) -> torch.Tensor:
@@ -95,8 +101,7 @@ class Gutout(CamGuidedMode):
         k = 1 if self.t_draw == 'batch' else n
         return (self.t_mean + self.t_std * torch.randn(k, generator=self.generator)).float().expand(n).clone()
 
-    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> GutoutParams:
-        _, labels = self._check_batch(x, target)
+    def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> GutoutParams:
         n = x.shape[0]
         active = self._gate(n)
         threshold = self._thresholds(n).float()
@@ -108,8 +113,8 @@ class Gutout(CamGuidedMode):
         dev = params.cam.device
         return (params.cam > params.threshold.to(dev)[:, None, None]) & params.active.to(dev)[:, None, None]
 
-    def apply(self, x: torch.Tensor, target: torch.Tensor, params: GutoutParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        soft, _ = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+    def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
+               params: GutoutParams) -> Tuple[torch.Tensor, torch.Tensor]:
         if params.cam is None or not bool(params.active.any()):
             return x, soft
         cut = self.cut_masks(params)[:, None]

@@ -7,7 +7,7 @@ The saliency detector is OpenCV-contrib's fine-grained static saliency (Montabon
 batched in torch on the input's device by :mod:`timm_camaug.saliency`.
 """
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -15,7 +15,7 @@ from ..boxes import box_area, box_masks, centred_bbox, sample_beta
 from ..pixels import to_uint8
 from ..saliency import fine_grained_saliency, opencv_float_saliency, saliency_peaks
 from ..targets import mix_soft_targets
-from .base import MixMode, MixParams, Option
+from .base import MixMode, MixParams, Option, _require, is_finite_number
 
 __all__ = ['SaliencyMix', 'SaliencyMixParams', 'VARIANTS']
 
@@ -64,13 +64,17 @@ class SaliencyMix(MixMode):
     )
 
     def __init__(self, *, beta: float = 1.0, variant: str = 'paper', **kwargs):
-        if not beta > 0:
-            raise ValueError(f"saliencymix: beta must be > 0, got {beta}")
-        if variant not in VARIANTS:
-            raise ValueError(f"saliencymix: variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+        self._check_level(SaliencyMix, dict(beta=beta, variant=variant))
         self.beta = float(beta)
         self.variant = variant
         super().__init__(**kwargs)
+
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        _require(is_finite_number(o['beta']) and o['beta'] > 0, 'beta',
+                 f"saliencymix: beta must be > 0, got {o['beta']}")
+        _require(o['variant'] in VARIANTS, 'variant',
+                 f"saliencymix: variant must be one of {', '.join(VARIANTS)}, got {o['variant']!r}")
 
     def _check_images(self, x: torch.Tensor) -> None:
         c = x.shape[1]
@@ -84,8 +88,7 @@ class SaliencyMix(MixMode):
         """(N, H, W) uint8 saliency maps of normalised images, on their 8-bit pixels (the 'paper' variant)."""
         return fine_grained_saliency(to_uint8(x, self.mean, self.std))
 
-    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> SaliencyMixParams:
-        self._check_batch(x, target)
+    def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> SaliencyMixParams:
         self._check_images(x)
         n, _, h, w = x.shape
         dev = x.device
@@ -106,9 +109,8 @@ class SaliencyMix(MixMode):
         boxes = centred_bbox((h, w), lam.to(dev), peaks[:, 0], peaks[:, 1])
         return SaliencyMixParams(active, perm, lam, peaks, boxes, saliency)
 
-    def apply(self, x: torch.Tensor, target: torch.Tensor,
-              params: SaliencyMixParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        soft, _ = self._check_batch(x, target)
+    def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
+               params: SaliencyMixParams) -> Tuple[torch.Tensor, torch.Tensor]:
         n, _, h, w = x.shape
         if params.perm.shape != (n,) or params.boxes.shape != (n, 4):
             raise ValueError(f"saliencymix: params are for a batch of {params.perm.shape[0]}, x has {n} images")

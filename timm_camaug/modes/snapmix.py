@@ -8,14 +8,14 @@ semantic percent map (the normalised CAM of the image's own class) that the mixe
 """
 import logging
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from ..boxes import box_area, paste_resized, rand_bbox, region_sum, sample_beta
 from ..cam import CAM_METHODS, FEATURES
-from ..targets import mix_soft_targets, prepare_targets
-from .base import CamGuidedMode, MixParams, Option
+from ..targets import mix_soft_targets
+from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number
 
 __all__ = ['SnapMix', 'SnapMixParams', 'semantic_percent_map_normalise', 'snapmix_label_weights']
 
@@ -109,12 +109,7 @@ class SnapMix(CamGuidedMode):
 
     def __init__(self, *, beta: float = 5.0, boxes: str = 'batch', cam_method: str = SPM, cam_bn: str = 'batch',
                  spm_floor: str = 'min', **kwargs):
-        if beta <= 0:
-            raise ValueError(f"snapmix: beta must be > 0, got {beta}")
-        if boxes not in ('batch', 'sample'):
-            raise ValueError(f"snapmix: boxes must be 'batch' or 'sample', got {boxes!r}")
-        if spm_floor not in SPM_FLOORS:
-            raise ValueError(f"snapmix: spm_floor must be one of {SPM_FLOORS}, got {spm_floor!r}")
+        self._check_level(SnapMix, dict(beta=beta, boxes=boxes, spm_floor=spm_floor))
         self.beta = float(beta)
         self.boxes = boxes
         self.spm_floor = spm_floor
@@ -127,7 +122,16 @@ class SnapMix(CamGuidedMode):
                 _logger.info("snapmix: cam_layer=%r: the semantic percent map is Grad-CAM at that layer",
                              self.cam_layer)
 
-    def _cam_methods(self) -> Tuple[str, ...]:
+    @classmethod
+    def _check_options(cls, o: Dict[str, Any]) -> None:
+        _require(is_finite_number(o['beta']) and o['beta'] > 0, 'beta', f"snapmix: beta must be > 0, got {o['beta']}")
+        _require(o['boxes'] in ('batch', 'sample'), 'boxes',
+                 f"snapmix: boxes must be 'batch' or 'sample', got {o['boxes']!r}")
+        _require(o['spm_floor'] in SPM_FLOORS, 'spm_floor',
+                 f"snapmix: spm_floor must be one of {SPM_FLOORS}, got {o['spm_floor']!r}")
+
+    @classmethod
+    def _cam_methods(cls) -> Tuple[str, ...]:
         return (SPM,) + CAM_METHODS
 
     def guidance_maps(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -138,8 +142,7 @@ class SnapMix(CamGuidedMode):
             maps, _ = self._cam_layer_maps(x, labels, method='auto' if self.cam_method == SPM else self.cam_method)
         return semantic_percent_map_normalise(maps, self.spm_floor)
 
-    def make_params(self, x: torch.Tensor, target: torch.Tensor) -> SnapMixParams:
-        _, labels = self._check_batch(x, target)
+    def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> SnapMixParams:
         n, hw = x.shape[0], x.shape[-2:]
         active = self._gate(n)
         if not bool(active.any()):
@@ -155,8 +158,8 @@ class SnapMix(CamGuidedMode):
         spm = self.guidance_maps(x, labels)
         return SnapMixParams(active, perm, lam_t.expand(n), lam_s.expand(n), box_t, box_s, spm)
 
-    def apply(self, x: torch.Tensor, target: torch.Tensor, params: SnapMixParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        soft, labels = prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
+    def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
+               params: SnapMixParams) -> Tuple[torch.Tensor, torch.Tensor]:
         valid = params.active & (box_area(params.box_t) > 0) & (box_area(params.box_s) > 0)
         if not bool(valid.any()):
             return x, soft
