@@ -21,7 +21,8 @@ BENCHMARKS = {
     'cam': ('CAM engine', ['cam.py'],
             'Time of each CAM method, and of pytorch-grad-cam\'s own `GradCAM` call on the same work, divided by '
             'one plain no-grad forward of the same batch.'),
-    'modes': ('Mix modes per training step', ['modes.py', '--memory'],
+    # 448 px at batch 32 is left out by default: on a 2-core CPU it alone takes longer than the rest
+    'modes': ('Mix modes per training step', ['modes.py', '--memory', '--settings', '224x16,224x32,448x16'],
               'Time of each mode\'s call divided by one resnet50 training step of the same batch, next to timm\'s '
               '`Mixup` (CutMix) and the reference implementations (`benchmarks/references.py`: the authors\' '
               'algorithms written their way), all in one run; extra peak memory of call + step over a step.'),
