@@ -377,6 +377,24 @@ def test_dropout_off_and_bn_mode_numerics():
     assert not torch.allclose(batch, class_activation_maps(model, x, 1, method='cam', bn='eval'))
 
 
+@pytest.mark.parametrize('bn', ['eval', 'batch'])
+def test_dropblock_inside_batchnorm_act_stays_off(bn):
+    """timm's BatchNormAct2d holds its DropBlock as a child: batch statistics must not switch it on."""
+    import timm
+    from timm_camaug.model_state import cam_forward_mode
+    torch.manual_seed(0)
+    model = timm.create_model('gernet_s', drop_block_rate=0.5, num_classes=5).train()
+    drops = [m for m in model.modules() if 'DropBlock' in type(m).__name__]
+    assert drops, 'gernet_s with drop_block_rate should hold DropBlock modules'
+    with cam_forward_mode(model, bn):
+        assert not any(m.training for m in drops)
+    assert all(m.training for m in drops)
+    x = torch.randn(2, 3, 64, 64)
+    a = class_activation_maps(model, x, torch.tensor([0, 1]), method='cam', bn=bn)
+    b = class_activation_maps(model, x, torch.tensor([0, 1]), method='cam', bn=bn)
+    assert torch.equal(a, b), 'DropBlock must be off in the CAM forward'
+
+
 def test_batch_statistics_without_writing_the_running_statistics():
     """bn='batch' switches the running statistics off for the CAM forward instead of updating and restoring
     them: the buffers are never written (their version counters do not move)."""

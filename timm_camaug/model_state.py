@@ -64,7 +64,9 @@ def cam_forward_mode(model: nn.Module, bn: str = 'eval') -> Iterator[nn.Module]:
         if bn == 'batch':
             for m in modules:
                 if isinstance(m, _BatchNorm):
-                    m.train()
+                    # the flag alone: .train() would also switch on children such as the DropBlock inside
+                    # timm's BatchNormAct2d, and CAM forwards run with every dropout off
+                    m.training = True
                     if not m.track_running_stats:
                         continue
                     if type(m).forward in _STOCK_BN_FORWARDS:
