@@ -8,6 +8,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .devices import to_device
+
 __all__ = [
     'sample_beta', 'cut_size', 'rand_bbox', 'centred_bbox', 'box_area', 'box_masks', 'region_sum',
     'paste_resized', 'cell_masks', 'sample_from_weights',
@@ -52,7 +54,7 @@ def box_area(boxes: torch.Tensor) -> torch.Tensor:
 
 def box_masks(boxes: torch.Tensor, hw: Sequence[int], device: Optional[torch.device] = None) -> torch.Tensor:
     """(N, H, W) bool masks of the boxes, by broadcast comparison."""
-    boxes = boxes.to(device) if device is not None else boxes
+    boxes = to_device(boxes, device)
     rows = torch.arange(int(hw[0]), device=boxes.device)[None, :, None]
     cols = torch.arange(int(hw[1]), device=boxes.device)[None, None, :]
     b = boxes[:, :, None, None]
@@ -89,12 +91,11 @@ def paste_resized(dst: torch.Tensor, src: torch.Tensor, src_boxes: torch.Tensor,
     """
     n, _, h, w = dst.shape
     dev = dst.device
-    sb = src_boxes.to(dev).double()
-    db = dst_boxes.to(dev).double()
-    ok = (box_area(src_boxes) > 0) & (box_area(dst_boxes) > 0)
-    ok = ok.to(dev)
+    sb = to_device(src_boxes, dev).double()
+    db = to_device(dst_boxes, dev).double()
+    ok = to_device((box_area(src_boxes) > 0) & (box_area(dst_boxes) > 0), dev)
     if active is not None:
-        ok = ok & active.to(dev)
+        ok = ok & to_device(active, dev)
 
     def _axis(size, s0, s1, d0, d1):
         out = d1 - d0
@@ -120,7 +121,7 @@ def sample_from_weights(weights: torch.Tensor, u: torch.Tensor) -> Tuple[torch.T
     weights' device.
     """
     n, h, w = weights.shape
-    u0 = (u[0] if u.ndim == 2 else u).to(weights.device, torch.float64)
+    u0 = to_device(u[0] if u.ndim == 2 else u, weights.device).double()
     cdf = weights.flatten(1).double().cumsum(1)
     idx = torch.searchsorted(cdf, (u0 * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=h * w - 1)
     idx = torch.where(cdf[:, -1] > 0, idx, torch.zeros_like(idx))

@@ -4,6 +4,8 @@ from typing import Tuple
 import torch
 from timm.data.mixup import one_hot
 
+from .devices import assert_in_range, to_device
+
 __all__ = ['smooth_one_hot', 'prepare_targets', 'mix_soft_targets']
 
 
@@ -24,15 +26,14 @@ def prepare_targets(target: torch.Tensor, num_classes: int, smoothing: float, n:
     if target.ndim == 1 and not target.is_floating_point():
         if target.shape[0] != n:
             raise ValueError(f"target has {target.shape[0]} labels for a batch of {n}")
-        labels = target.to(device=device, dtype=torch.long)
-        bad = (labels < 0) | (labels >= num_classes)
-        if bool(bad.any()):
-            raise ValueError(f"label {int(labels[bad][0])} is out of range for num_classes={num_classes}")
+        labels = target.to(dtype=torch.long)
+        assert_in_range(labels, num_classes)           # before the move: a CPU batch is checked at once
+        labels = to_device(labels, device)
         return smooth_one_hot(labels, num_classes, smoothing), labels
     if target.ndim == 2 and target.is_floating_point():
         if tuple(target.shape) != (n, num_classes):
             raise ValueError(f"soft target has shape {tuple(target.shape)}, expected ({n}, {num_classes})")
-        soft = target.to(device=device, dtype=torch.float32)
+        soft = to_device(target.to(dtype=torch.float32), device)
         return soft, soft.argmax(dim=1)
     raise ValueError(
         f"target must be (N,) integer labels or (N, num_classes) soft targets, got {tuple(target.shape)} {target.dtype}")

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..boxes import cell_masks
+from ..devices import to_device
 from ..extractor import create_timm_model, freeze, frozen_copy, model_mean_std, spatial_features
 from ..pixels import denormalize, normalize
 from ..targets import mix_soft_targets
@@ -179,14 +180,14 @@ class AttentiveCutMix(MixMode):
                                    torch.zeros((n,) + self.grid, dtype=torch.bool, device=x.device))
         perm = self._randperm(n)
         maps = self.grid_maps(x)
-        return AttentiveParams(active, perm, maps, top_cells(maps[perm.to(maps.device)], self.top_n))
+        return AttentiveParams(active, perm, maps, top_cells(maps[to_device(perm, maps.device)], self.top_n))
 
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
                params: AttentiveParams) -> Tuple[torch.Tensor, torch.Tensor]:
         if not bool(params.active.any()):
             return x, soft
-        perm = params.perm.to(x.device)
-        cells = params.cells.to(x.device) & params.active.to(x.device)[:, None, None]
+        perm = to_device(params.perm, x.device)
+        cells = to_device(params.cells, x.device) & to_device(params.active, x.device)[:, None, None]
         mask = cell_masks(cells, x.shape[-2:])                          # (N, H, W)
         x_mixed = torch.where(mask[:, None], x[perm], x)
         a = mask.flatten(1).float().mean(1)                             # pasted fraction: A's label weight

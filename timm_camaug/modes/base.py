@@ -66,7 +66,7 @@ def is_finite_number(v: Any) -> bool:
 @dataclass
 class MixParams:
     """Base of every mode's params: which samples the mode changes."""
-    active: torch.Tensor            # (N,) bool, on the input's device
+    active: torch.Tensor            # (N,) bool, on the CPU (where the draws are made)
 
     def to(self, device) -> 'MixParams':
         """The same params with every tensor moved to ``device``."""

@@ -15,6 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..boxes import box_masks, sample_from_weights
+from ..devices import to_device
 from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number, normalise_min_max
 
 __all__ = ['CamErase', 'CamEraseParams']
@@ -134,7 +135,7 @@ class CamErase(CamGuidedMode):
         u = torch.rand(2, n, generator=g, dtype=torch.float64)
         noise_seed = int(torch.randint(0, 2 ** 62, (), generator=g))
         # the draws go to the input's device once; the boxes are computed there, next to the CAM
-        draws = torch.cat([area_u[None], aspect_u[None], u]).to(x.device)
+        draws = to_device(torch.cat([area_u[None], aspect_u[None], u]), x.device)
         bh, bw = self._box_sizes(draws[0], draws[1], h, w)
         u = draws[2:]
         cam = None
@@ -166,7 +167,7 @@ class CamErase(CamGuidedMode):
                params: CamEraseParams) -> Tuple[torch.Tensor, torch.Tensor]:
         if not bool(params.active.any()):
             return x, soft
-        mask = box_masks(params.boxes, x.shape[-2:], x.device) & params.active.to(x.device)[:, None, None]
+        mask = box_masks(params.boxes, x.shape[-2:], x.device) & to_device(params.active, x.device)[:, None, None]
         if self.fill == 'pixel':
             gen = torch.Generator(device=x.device).manual_seed(params.noise_seed)
             fill = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)

@@ -11,6 +11,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from ..devices import to_device
 from ..model_state import unwrap_model
 from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number, normalise_max
 
@@ -111,7 +112,7 @@ class Gutout(CamGuidedMode):
     def cut_masks(self, params: GutoutParams) -> torch.Tensor:
         """(N, H, W) bool: the pixels ``apply`` cuts."""
         dev = params.cam.device
-        return (params.cam > params.threshold.to(dev)[:, None, None]) & params.active.to(dev)[:, None, None]
+        return (params.cam > to_device(params.threshold, dev)[:, None, None]) & to_device(params.active, dev)[:, None, None]
 
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
                params: GutoutParams) -> Tuple[torch.Tensor, torch.Tensor]:

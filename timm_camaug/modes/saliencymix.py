@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..boxes import box_area, box_masks, centred_bbox, sample_beta
+from ..devices import to_device
 from ..pixels import to_uint8
 from ..saliency import fine_grained_saliency, opencv_float_saliency, saliency_peaks
 from ..targets import mix_soft_targets
@@ -101,12 +102,12 @@ class SaliencyMix(MixMode):
         perm = self._randperm(n)
         with torch.no_grad():
             if self.variant == 'paper':
-                saliency = self.saliency_maps(x[perm.to(dev)])
+                saliency = self.saliency_maps(x[to_device(perm, dev)])
                 peaks = saliency_peaks(saliency)
             else:
                 saliency = opencv_float_saliency(x[int(perm[0])][None])
                 peaks = saliency_peaks(saliency).expand(n, 2)
-        boxes = centred_bbox((h, w), lam.to(dev), peaks[:, 0], peaks[:, 1])
+        boxes = centred_bbox((h, w), to_device(lam, dev), peaks[:, 0], peaks[:, 1])
         return SaliencyMixParams(active, perm, lam, peaks, boxes, saliency)
 
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
@@ -117,7 +118,7 @@ class SaliencyMix(MixMode):
         if not bool(params.active.any()):
             return x, soft
         dev = x.device
-        perm, boxes, active = params.perm.to(dev), params.boxes.to(dev), params.active.to(dev)
+        perm, boxes, active = (to_device(t, dev) for t in (params.perm, params.boxes, params.active))
         mask = box_masks(boxes, (h, w), dev) & active[:, None, None]
         x_mixed = torch.where(mask[:, None], x[perm], x)
         lam = 1.0 - box_area(boxes).to(torch.float64) / float(h * w)

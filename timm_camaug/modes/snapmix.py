@@ -14,6 +14,7 @@ import torch
 
 from ..boxes import box_area, paste_resized, rand_bbox, region_sum, sample_beta
 from ..cam import CAM_METHODS, FEATURES
+from ..devices import to_device
 from ..targets import mix_soft_targets
 from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number
 
@@ -59,7 +60,7 @@ def snapmix_label_weights(spm: torch.Tensor, labels: torch.Tensor, perm: torch.T
     """Label weights (w_a, w_b) of SnapMix, step 5 of the method, batched."""
     h, w = spm.shape[-2:]
     dev = spm.device
-    box_t, box_s, perm, valid = box_t.to(dev), box_s.to(dev), perm.to(dev), valid.to(dev)
+    box_t, box_s, perm, valid = (to_device(t, dev) for t in (box_t, box_s, perm, valid))
     w_a = 1.0 - region_sum(spm, box_t)
     w_b = region_sum(spm[perm], box_s)
     same = labels == labels[perm]
@@ -163,7 +164,7 @@ class SnapMix(CamGuidedMode):
         valid = params.active & (box_area(params.box_t) > 0) & (box_area(params.box_s) > 0)
         if not bool(valid.any()):
             return x, soft
-        perm = params.perm.to(x.device)
+        perm = to_device(params.perm, x.device)
         x_mixed = paste_resized(x, x[perm], params.box_s, params.box_t, valid)
         w_a, w_b = snapmix_label_weights(params.spm, labels, perm, params.box_t, params.box_s, valid)
         return x_mixed, mix_soft_targets(soft, perm, w_a, w_b)

@@ -1,0 +1,37 @@
+""" Moving a mode's random draws (made on the CPU) to the batch's device without stalling the step. """
+from typing import Union
+
+import torch
+
+__all__ = ['to_device', 'assert_in_range']
+
+
+def to_device(t: torch.Tensor, device: Union[str, torch.device, None]) -> torch.Tensor:
+    """``t`` on ``device``, copied asynchronously.
+
+    A plain host-to-GPU ``.to()`` of pageable memory waits for the GPU to finish everything queued before it
+    (the CAM forward, say); ``non_blocking=True`` stages the few bytes of a draw and returns at once. The
+    draws are never written again after the copy, so the asynchronous copy is safe.
+    """
+    if device is None:
+        return t
+    return t.to(device, non_blocking=True)
+
+
+def assert_in_range(labels: torch.Tensor, num_classes: int, what: str = 'label') -> None:
+    """Raise a ValueError naming the first label outside ``[0, num_classes)``.
+
+    On the CPU the check is immediate. On an accelerator reading the answer back would stall every step, so
+    the check is queued on the device instead (``torch._assert_async``): a bad label stops the run at the
+    next synchronisation with the same message.
+    """
+    bad = (labels < 0) | (labels >= num_classes)
+    if labels.device.type == 'cpu':
+        if bool(bad.any()):
+            raise ValueError(f"{what} {int(labels[bad][0])} is out of range for num_classes={num_classes}")
+        return
+    message = f"a {what} is out of range for num_classes={num_classes}"
+    try:
+        torch._assert_async(~bad.any(), message)
+    except TypeError:   # torch before the message overload
+        torch._assert_async(~bad.any())
