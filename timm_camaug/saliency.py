@@ -86,20 +86,21 @@ def _blur3_f32(gray: torch.Tensor) -> torch.Tensor:
     return (rows[..., :-2, :] + rows[..., 2:, :]) * 0.25 + rows[..., 1:-1, :] * 0.5
 
 
-def _integral_f32_from_u8(gray: torch.Tensor) -> torch.Tensor:
+def _integral_f32_from_u8(gray: torch.Tensor, opencv_rounding: bool = True) -> torch.Tensor:
     """``integral(gray8u, sum, CV_32F)``: (N, H+1, W+1) float32.
 
     OpenCV adds each row's exact prefix sums to the float32 row above, one row at a time. While the sums
     stay within 2**24 that is the exact integer integral; from the first row where 255-valued pixels could
     take them past it, the row-by-row float32 additions are repeated (only images above 65793 pixels; the
-    bound depends on the size alone, so no value is read back from the device).
+    bound depends on the size alone, so no value is read back from the device). ``opencv_rounding=False``
+    skips that sequential part and returns the exact integer integral rounded once to float32.
     """
     n, h, w = gray.shape
     rows = gray.to(torch.int64).cumsum(-1)                     # exact row prefix sums
     out = gray.new_zeros((n, h + 1, w + 1), dtype=torch.float32)
     out[:, 1:, 1:] = rows.cumsum(-2).to(torch.float32)
     first = _F32_EXACT_INT // (255 * w)                       # rows 0..first-1 sum to at most 2**24
-    if first < h:
+    if opencv_rounding and first < h:
         rows_f = rows.to(torch.float32)
         for y in range(first, h):
             out[:, y + 1, 1:] = out[:, y, 1:] + rows_f[:, y]
@@ -222,16 +223,20 @@ def _mix(sum_on: torch.Tensor, sum_off: torch.Tensor) -> torch.Tensor:
     return table.gather(1, on + off).to(torch.uint8).view(n, h, w)
 
 
-def fine_grained_saliency(images: torch.Tensor) -> torch.Tensor:
+def fine_grained_saliency(images: torch.Tensor, *, opencv_rounding: bool = True) -> torch.Tensor:
     """OpenCV-contrib's ``StaticSaliencyFineGrained`` saliency maps of a batch of 8-bit images.
 
     Args:
         images: uint8 images, (N, 3, H, W) RGB, or grey (N, H, W) / (N, 1, H, W), on any device.
+        opencv_rounding: repeat OpenCV's row-by-row float32 rounding of the integral image, which only
+            matters above 65,793 pixels per image and costs one small step per image row there. False
+            integrates exactly in integers instead (no per-row loop): on real photos at 448 px under 0.1 %
+            of the pixels then differ from OpenCV's map by one or two grey levels, and the peaks agree.
 
     Returns:
         (N, H, W) uint8 saliency maps on the images' device, equal to
         ``cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(bgr)[1]`` for each image (``bgr``
-        the HWC BGR copy of the RGB image).
+        the HWC BGR copy of the RGB image) when ``opencv_rounding`` is True.
     """
     images = _as_gray_or_rgb(images, 'fine_grained_saliency')
     if images.dtype != torch.uint8:
@@ -240,7 +245,7 @@ def fine_grained_saliency(images: torch.Tensor) -> torch.Tensor:
     with torch.autocast(images.device.type, enabled=False):
         gray = rgb_to_gray_u8(images) if images.shape[1] == 3 else images[:, 0].to(torch.int32)
         gray = _blur3_u8(_blur3_u8(gray))
-        sum_on, sum_off = _on_off_sums(_integral_f32_from_u8(gray), gray, wrap=False)
+        sum_on, sum_off = _on_off_sums(_integral_f32_from_u8(gray, opencv_rounding), gray, wrap=False)
         return _mix(sum_on, sum_off)
 
 

@@ -86,8 +86,12 @@ class SaliencyMix(MixMode):
                              f"{c}-channel images")
 
     def saliency_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) uint8 saliency maps of normalised images, on their 8-bit pixels (the 'paper' variant)."""
-        return fine_grained_saliency(to_uint8(x, self.mean, self.std))
+        """(N, H, W) uint8 saliency maps of normalised images, on their 8-bit pixels (the 'paper' variant).
+
+        OpenCV's float32 rounding of the integral image is not repeated (a per-row loop above 65,793 pixels):
+        see :func:`~timm_camaug.saliency.fine_grained_saliency`.
+        """
+        return fine_grained_saliency(to_uint8(x, self.mean, self.std), opencv_rounding=False)
 
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> SaliencyMixParams:
         self._check_images(x)
