@@ -154,11 +154,12 @@ def test_model_state_untouched(mode, extractor):
 
 
 @pytest.mark.parametrize('mode', MIX_MODES)
-def test_bf16_autocast_and_channels_last(mode, extractor):
+@pytest.mark.parametrize('amp_dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_autocast_and_channels_last(mode, amp_dtype, extractor):
     model = _model()
     x, y = batch()
     ref = build(mode, model, extractor, seed=5)(x, y)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast('cpu', dtype=amp_dtype):
         xm, t = build(mode, model, extractor, seed=5)(x, y)
     assert xm.dtype == x.dtype and t.dtype == torch.float32
     assert torch.isfinite(xm).all() and torch.isfinite(t).all()
@@ -166,6 +167,21 @@ def test_bf16_autocast_and_channels_last(mode, extractor):
     xc, tc = build(mode, model_cl, extractor, seed=5)(x.contiguous(memory_format=torch.channels_last), y)
     torch.testing.assert_close(xc, ref[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tc, ref[1], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_input_size_changes_between_calls(mode, extractor):
+    """train.py can change the input size from one step to the next (--train-img-sizes): one mix function
+    serves every size, and a replay at each size is exact."""
+    mix = build(mode, _model(), extractor, seed=3)
+    for h, w in [(64, 64), (48, 80), (96, 72), (64, 64)]:
+        x, y = batch(h=h, w=w, seed=h + w)
+        params = mix.make_params(x, y)
+        xm, t = mix.apply(x, y, params)
+        assert xm.shape == x.shape and t.shape == (6, K)
+        assert torch.isfinite(xm).all() and torch.isfinite(t).all() and (t >= 0).all()
+        xr, tr = mix.apply(x, y, params)
+        assert torch.equal(xm, xr) and torch.equal(t, tr)
 
 
 CAM_MODES = ('snapmix', 'gutout', 'cam-erase')

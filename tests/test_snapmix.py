@@ -106,10 +106,13 @@ def _box_mask(boxes, h, w):
     return m
 
 
-def test_constant_maps_fall_back_to_area():
+@pytest.mark.parametrize('y', [[0, 1, 2, 3], [0, 0, 1, 1]], ids=['distinct labels', 'same labels'])
+def test_constant_maps_fall_back_to_area(y):
+    """A constant CAM gives NaN percent maps; the weights fall back to area ratios, same-label pairs too
+    (the NaN passes the same-label sum, as in the reference, so both become the area ratios)."""
     model = _model()
     x = torch.zeros(4, 3, 64, 64)
-    y = torch.tensor([0, 1, 2, 3])
+    y = torch.tensor(y)
     mix = _mix(model, seed=5)
     p = mix.make_params(x, y)
     p.spm = semantic_percent_map_normalise(torch.full((4, 64, 64), 3.0))   # a constant CAM
@@ -118,8 +121,10 @@ def test_constant_maps_fall_back_to_area():
     assert torch.isfinite(t).all()
     area = float(box_area(p.box_t)[0]) / (64 * 64)
     perm = p.perm
+    if len(set(y.tolist())) < 4:
+        assert any(perm[i] != i and y[perm[i]] == y[i] for i in range(4)), 'seed must pair two same-label images'
     for i in range(4):
-        if perm[i] == i:
+        if y[perm[i]] == y[i]:
             assert t[i, y[i]] == pytest.approx(1.0, abs=1e-6)
         else:
             assert t[i, y[i]] == pytest.approx(1 - area, abs=1e-6)
