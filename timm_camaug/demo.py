@@ -21,8 +21,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['RunResult', 'train_synthetic', 'run_demo', 'run_train_py', 'parse_train_py_result', 'format_table',
-           'register', 'run', 'DEFAULT_MODEL']
+__all__ = ['RunResult', 'train_synthetic', 'run_demo', 'run_train_py', 'parse_train_py_result', 'EpochProgress',
+           'format_table', 'register', 'run', 'DEFAULT_MODEL']
 
 DEFAULT_MODEL = 'test_resnet'
 BASELINE = 'none'
@@ -228,25 +228,55 @@ def check_patched_train_py(path: str):
     return p
 
 
-def parse_train_py_result(stdout: str, summary_csv: Optional[str] = None) -> Tuple[float, int]:
-    """(top-1 %, epochs) of the last epoch from train.py's ``--result`` JSON (or its summary.csv)."""
+# train.py's --result JSON lists the best epochs only (sorted by top-1, at most this many)
+RESULT_JSON_EPOCHS = 10
+
+
+def _final_summary_row(summary_csv: Optional[str]) -> Optional[Dict[str, str]]:
+    if not summary_csv or not os.path.isfile(summary_csv):
+        return None
+    import csv
+    with open(summary_csv, newline='') as f:
+        rows = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '', 'epoch')]
+    return rows[-1] if rows and rows[-1].get('eval_top1') not in (None, '') else None
+
+
+def _result_json(stdout: str) -> Optional[List[Dict[str, Any]]]:
     i = stdout.rfind('--result')
-    if i >= 0:
-        try:
-            records, _ = json.JSONDecoder().raw_decode(stdout[i + len('--result'):].lstrip())
-            last = max(records, key=lambda r: r.get('epoch', -1))
-            metrics = last.get('validation') or {}
-            if 'top1' in metrics:
-                return float(metrics['top1']), int(last['epoch']) + 1
-        except (ValueError, TypeError, AttributeError):
-            pass
-    if summary_csv and os.path.isfile(summary_csv):
-        import csv
-        with open(summary_csv, newline='') as f:
-            rows = list(csv.DictReader(f))
-        if rows and 'eval_top1' in rows[-1]:
-            return float(rows[-1]['eval_top1']), int(float(rows[-1]['epoch'])) + 1
-    raise ValueError("train.py finished without a '--result' JSON with validation top-1 (nor a summary.csv)")
+    if i < 0:
+        return None
+    try:
+        records, _ = json.JSONDecoder().raw_decode(stdout[i + len('--result'):].lstrip())
+    except ValueError:
+        return None
+    if not isinstance(records, list):
+        return None
+    records = [r for r in records if isinstance(r, dict) and isinstance(r.get('epoch'), int)
+               and 'top1' in (r.get('validation') or {})]
+    return records or None
+
+
+def parse_train_py_result(stdout: str, summary_csv: Optional[str] = None,
+                          epochs: Optional[int] = None) -> Tuple[float, int]:
+    """(top-1 %, epochs) of the final epoch of a train.py run.
+
+    Read from train.py's ``summary.csv`` (one row per evaluated epoch, the last row the final epoch) when
+    ``summary_csv`` exists, else from its ``--result`` JSON. That JSON lists only the 10 best epochs, so it is
+    accepted only when its latest epoch is ``epochs - 1`` (``epochs`` not given: when it lists fewer than 10
+    epochs, none left out).
+    """
+    row = _final_summary_row(summary_csv)
+    if row is not None:
+        return float(row['eval_top1']), int(float(row['epoch'])) + 1
+    records = _result_json(stdout)
+    if records is None:
+        raise ValueError("train.py finished without a summary.csv nor a '--result' JSON with validation top-1")
+    last = max(records, key=lambda r: r['epoch'])
+    final = last['epoch'] == epochs - 1 if epochs is not None else len(records) < RESULT_JSON_EPOCHS
+    if not final:
+        raise ValueError("train.py wrote no summary.csv, and its '--result' JSON (its best epochs only) may not "
+                         "hold the final epoch")
+    return float(last['validation']['top1']), last['epoch'] + 1
 
 
 def train_py_command(train_py: str, mode: str, data_dir: str, out_dir: str, args: argparse.Namespace,
@@ -270,7 +300,27 @@ def train_py_command(train_py: str, mode: str, data_dir: str, out_dir: str, args
     return cmd
 
 
-_EPOCH_LINE = re.compile(r'Train: (\d+) \[')
+class EpochProgress:
+    """Epochs a train.py run has finished, from its log lines: epoch E ends with the last batch of its
+    validation (``Test: [ n/n]``) or, when train.py skips validation, as ``Train: E+1 [...`` starts."""
+    TRAIN = re.compile(r'Train: (\d+) \[')
+    TEST_END = re.compile(r'Test: \[\s*(\d+)/(\d+)\]')
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.training: Optional[int] = None     # the epoch whose Train lines came last
+
+    def feed(self, line: str) -> int:
+        """Read one log line; returns the epochs finished so far."""
+        m = self.TRAIN.search(line)
+        if m:
+            self.training = int(m.group(1))
+            self.done = max(self.done, self.training)
+        else:
+            m = self.TEST_END.search(line)
+            if m and m.group(1) == m.group(2) and self.training is not None:
+                self.done = max(self.done, self.training + 1)
+        return self.done
 
 
 def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) -> List[RunResult]:
@@ -313,13 +363,13 @@ def _run_one(cmd: List[str], mode: str, out_dir: str, cwd: str, args: argparse.N
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             cwd=cwd)
     lines = []
-    done = 0
+    epochs, shown = EpochProgress(), 0
     for line in proc.stdout:
         lines.append(line)
-        m = _EPOCH_LINE.search(line)
-        if m and bar is not None and int(m.group(1)) + 1 > done:
-            bar.update(int(m.group(1)) + 1 - done)
-            done = int(m.group(1)) + 1
+        done = epochs.feed(line)
+        if bar is not None and done > shown:
+            bar.update(done - shown)
+        shown = done
     rc = proc.wait()
     if bar is not None:
         bar.close()
@@ -329,10 +379,10 @@ def _run_one(cmd: List[str], mode: str, out_dir: str, cwd: str, args: argparse.N
         raise SystemExit(f"timm-camaug demo: train.py failed for --mix-mode {mode} (exit code {rc}):\n"
                          f"  {' '.join(cmd)}\n{tail}")
     try:
-        top1, epochs = parse_train_py_result(output, os.path.join(out_dir, 'summary.csv'))
+        top1, n_epochs = parse_train_py_result(output, os.path.join(out_dir, 'summary.csv'), args.epochs)
     except ValueError as e:
         raise SystemExit(f"timm-camaug demo: --mix-mode {mode}: {e}") from None
-    return RunResult(mode, top1, time.perf_counter() - t0, epochs, source=source)
+    return RunResult(mode, top1, time.perf_counter() - t0, n_epochs, source=source)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -348,7 +398,9 @@ def register(subparsers) -> None:
                     "a few minutes on a laptop CPU. With --train-py, the runs go through a train.py patched by "
                     "`timm-camaug patch`.")
     p.add_argument('--mix-mode', type=_mode_list, default=['snapmix'], metavar='MODE',
-                   help=f"{', '.join(MIX_MODES)}, 'all', or a comma-separated list (default: snapmix)")
+                   help=f"{', '.join(MIX_MODES)}, 'none' (no mixing), 'all' (every mix mode), or a "
+                        "comma-separated list of these (default: snapmix); the no-mix baseline runs first "
+                        "unless --no-baseline")
     p.add_argument('--no-baseline', action='store_true', help='skip the run without mixing')
     p.add_argument('--model', default=DEFAULT_MODEL, help=f'timm model name (default: {DEFAULT_MODEL})')
     p.add_argument('--epochs', type=int, default=10, help='epochs per run (default: 10)')
