@@ -43,7 +43,8 @@ class CamErase(CamGuidedMode):
         area: (min, max) erased area fraction (0.02, 0.4).
         aspect: (min, max) aspect ratio h/w, drawn uniformly (0.3, 3.33).
         location: box centre drawn uniformly from the region (``'region'``, default), proportionally to
-            ``cam ** gamma`` (``'weighted'``), or the box placed inside the region's bounding box
+            ``cam ** gamma`` within the region (``'weighted'``; ``t=0`` weighs the whole image), or the box
+            placed inside the region's bounding box
             (``'bbox'``); ``'anywhere'`` is plain Random Erasing. An empty region falls back to anywhere.
         gamma: exponent of ``'weighted'`` (1.0).
         fill: ``'pixel'`` per-pixel N(0, 1) after normalisation (Random Erasing's random fill, timm's
@@ -60,8 +61,8 @@ class CamErase(CamGuidedMode):
         Option('area_max', 0.4, 'largest erased area fraction'),
         Option('aspect_min', 0.3, 'smallest aspect ratio h/w of the erased box (drawn uniformly up to aspect_max)'),
         Option('aspect_max', 1 / 0.3, 'largest aspect ratio h/w of the erased box'),
-        Option('location', 'region', "box centre: uniform in the 'region', 'weighted' by cam**gamma, inside the "
-                                     "region's 'bbox', or 'anywhere'", str, LOCATIONS),
+        Option('location', 'region', "box centre: uniform in the 'region', 'weighted' by cam**gamma in the region, "
+                                     "inside the region's 'bbox', or 'anywhere'", str, LOCATIONS),
         Option('gamma', 1.0, "exponent of location='weighted'"),
         Option('fill', 'pixel', "erased pixels: 'pixel' normal noise, 'zero', or 'const' (fill_value)", str, FILLS),
         Option('fill_value', 0.0, "value of fill='const'"),
