@@ -4,6 +4,7 @@ folder reader and torchvision's StanfordCars / FGVCAircraft readers. """
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ import pytest
 from PIL import Image
 
 from timm_camaug import cli
-from timm_camaug.datasets import common
-from timm_camaug.datasets.common import class_folder_names, safe_name
+from timm_camaug.datasets import common, prepare_dataset, read_listing
+from timm_camaug.datasets.common import PrepareError, class_folder_names, id_ranges, safe_name
 
 # ---------------------------------------------------------------------------------------------------------
 # miniature official trees
@@ -204,6 +205,22 @@ def leftovers(dst: Path):
     return sorted(p.name for p in dst.parent.iterdir() if p.name.startswith(dst.name + '.'))
 
 
+def drop_lines(path: Path, keep):
+    """Rewrite ``path`` with only the lines ``keep(index, line)`` accepts (a file cut at a line boundary,
+    or a subset made on purpose)."""
+    lines = path.read_text().splitlines()
+    _lines(path, [line for i, line in enumerate(lines) if keep(i, line)])
+
+
+def snapshot(root: Path):
+    """Every path under ``root`` with what it is (link target, file bytes or 'dir')."""
+    out = {}
+    for p in sorted(root.rglob('*')):
+        rel = str(p.relative_to(root))
+        out[rel] = ('link', os.readlink(p)) if p.is_symlink() else ('dir',) if p.is_dir() else ('file', p.read_bytes())
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # names
 
@@ -217,6 +234,12 @@ def test_safe_names_have_no_separators_and_keep_the_words():
     for name in ['a/b', ' x\ty ', 'Ä<>|"*', '.hidden']:
         s = safe_name(name)
         assert s and '/' not in s and '\\' not in s and not s.startswith('.') and ' ' not in s
+
+
+def test_id_ranges():
+    assert id_ranges([12, 10, 11, 15]) == '10-12, 15'
+    assert id_ranges([7]) == '7'
+    assert id_ranges(list(range(0, 20, 2)), limit=3) == '0, 2, 4, ... (7 more)'
 
 
 @pytest.mark.parametrize('n', [3, 100, 200, 1001])
@@ -262,7 +285,16 @@ def test_cub_tree_loads_in_timm_with_official_split_and_order(tmp_path, capsys, 
     # the summary compares with the official counts and says the miniature differs
     assert 'official' in out.out and '5,994 / 200 (train)' in out.out and '5,794 / 200 (test)' in out.out
     assert 'warning: train has 6 images in 3 classes; the official train split of CUB-200-2011 has 5,994' in out.err
-    assert 'python train.py --data-dir' in out.out and '--num-classes 3' in out.out
+    assert f'done: {dst}\ntrain with: python train.py --data-dir {dst} --num-classes 3\n' in out.out
+
+
+def test_training_hint_gives_the_absolute_destination(tmp_path, capsys, monkeypatch):
+    root, _ = make_cub(tmp_path / 'dl')
+    monkeypatch.chdir(tmp_path)
+    assert prepare('cub', 'dl', 'data/cub') == 0
+    out = capsys.readouterr().out
+    dst = tmp_path / 'data' / 'cub'
+    assert f'-> {dst}' in out and f'done: {dst}\ntrain with: python train.py --data-dir {dst} --num-classes 3' in out
 
 
 def test_cub_summary_has_no_warning_when_counts_are_official(tmp_path, capsys, monkeypatch):
@@ -513,7 +545,8 @@ def test_missing_label_file(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('cut, message', [
-    ('lines', 'image_class_labels.txt has no entry for image 10 ('),
+    ('lines', 'image_class_labels.txt lacks 3 image id(s) that images.txt and train_test_split.txt list: 10-12; '
+              'all after its last id, 9: image_class_labels.txt is probably truncated\n'),
     ('mid-line', 'image_class_labels.txt, line 12: expected "<id> <number>", got \'12\''),
 ])
 def test_truncated_label_file(tmp_path, capsys, cut, message):
@@ -526,12 +559,116 @@ def test_truncated_label_file(tmp_path, capsys, cut, message):
     assert message in err and str(path) in err
 
 
+@pytest.mark.parametrize('truncated', ['images.txt', 'train_test_split.txt'])
+def test_cub_image_list_cut_at_a_line_boundary_is_named_not_made_a_subset(tmp_path, truncated):
+    root, _ = make_cub(tmp_path / 'dl')
+    drop_lines(root / truncated, lambda i, line: i < 8)  # ids 1-8 of 12 left
+    others = ' and '.join(f for f in ('images.txt', 'image_class_labels.txt', 'train_test_split.txt')
+                          if f != truncated)
+    with pytest.raises(PrepareError, match=re.escape(
+            f'{root / truncated} lacks 4 image id(s) that {others} list: 9-12; all after its last id, 8: '
+            f'{truncated} is probably truncated\nextract it again from CUB_200_2011.tgz')):
+        prepare_dataset('cub', root, tmp_path / 'cub')
+    assert not (tmp_path / 'cub').exists()
+
+
+def test_cub_ids_missing_inside_a_file_and_in_two_files(tmp_path):
+    root, _ = make_cub(tmp_path / 'dl')
+    drop_lines(root / 'image_class_labels.txt', lambda i, line: not line.startswith(('3 ', '4 ')))
+    drop_lines(root / 'images.txt', lambda i, line: i < 11)
+    with pytest.raises(PrepareError) as e:
+        read_listing('cub', root)
+    msg = str(e.value)
+    assert f'{root / "images.txt"} lacks 1 image id(s) that image_class_labels.txt and train_test_split.txt ' \
+           f'list: 12; all after its last id, 11: images.txt is probably truncated\n' in msg
+    assert f'{root / "image_class_labels.txt"} lacks 2 image id(s) that images.txt and train_test_split.txt ' \
+           f'list: 3-4; image_class_labels.txt is damaged or edited\nextract them again' in msg
+
+
+def test_cub_subset_made_on_purpose_is_prepared_with_a_warning(tmp_path, capsys):
+    root, truth = make_cub(tmp_path / 'dl')
+    for name in ('images.txt', 'image_class_labels.txt', 'train_test_split.txt'):
+        drop_lines(root / name, lambda i, line: int(line.split()[0]) % 4 != 0)  # the same 3 ids from each
+    assert prepare('cub', root, tmp_path / 'cub') == 0
+    assert len(list((tmp_path / 'cub').rglob('*.jpg'))) == 9
+    assert 'warning: train has ' in capsys.readouterr().err
+
+
+def test_cub_class_list_cut_short(tmp_path):
+    root, _ = make_cub(tmp_path / 'dl')
+    drop_lines(root / 'classes.txt', lambda i, line: i < 2)
+    with pytest.raises(PrepareError, match=re.escape(
+            f'{root / "image_class_labels.txt"}: image 9 has class 3, which {root / "classes.txt"} does not list; '
+            f'classes.txt is probably truncated (it ends at class 2)')):
+        read_listing('cub', root)
+
+
 def test_truncated_aircraft_list(tmp_path, capsys):
     data, _ = make_aircraft(tmp_path / 'dl')
     path = data / 'images_variant_test.txt'
     path.write_text(path.read_text()[:-3])  # "... 737-200\n" -> "... 737-2"
     assert prepare('aircraft', tmp_path / 'dl', tmp_path / 'aircraft') == 1
-    assert f"{path}, line 5: variant '737-2' is not in variants.txt (is the file truncated?" in capsys.readouterr().err
+    assert f"{path}, line 5: variant '737-2' is not in {data / 'variants.txt'}; images_variant_test.txt is " \
+           f"probably truncated (its last line is cut short): extract images_variant_test.txt and variants.txt " \
+           f"again" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('level, class_file, cut', [
+    ('variant', 'variants.txt', 'lines'), ('variant', 'variants.txt', 'mid-line'),
+    ('family', 'families.txt', 'lines'), ('manufacturer', 'manufacturers.txt', 'lines'),
+])
+def test_truncated_aircraft_class_list_is_blamed_not_the_image_list(tmp_path, level, class_file, cut):
+    data, _ = make_aircraft(tmp_path / 'dl')
+    path = data / class_file
+    text = path.read_text()
+    path.write_text(text[:text.rindex('\n', 0, -1) + 1] if cut == 'lines' else text[:-4])  # last name gone / cut
+    kept = path.read_text().splitlines()
+    n = {'variant': 100, 'family': 70, 'manufacturer': 30}[level]
+    with pytest.raises(PrepareError, match=re.escape(
+            f'is not in {path}; {class_file} is probably truncated (it lists {len(kept)} of the {n} {level}s and '
+            f'ends at {kept[-1]!r}): extract images_{level}_trainval.txt and {class_file} again')):
+        read_listing('aircraft', data.parent, level=level)
+
+
+def test_aircraft_list_cut_at_a_line_boundary_is_named_not_made_a_subset(tmp_path):
+    data, _ = make_aircraft(tmp_path / 'dl')
+    path = data / 'images_variant_test.txt'
+    ids = [line.split()[0] for line in path.read_text().splitlines()]
+    drop_lines(path, lambda i, line: i < 3)
+    with pytest.raises(PrepareError, match=re.escape(
+            f'{path} lacks 2 image id(s) that images_test.txt and images_family_test.txt and '
+            f'images_manufacturer_test.txt list ({ids[3]}, {ids[4]}): images_variant_test.txt is probably '
+            f'truncated\nextract it again from fgvc-aircraft-2013b.tar.gz')):
+        read_listing('aircraft', data.parent)
+    # the id-only list cut short is named the same way, also when the level's list is the complete one
+    _lines(path, [f'{i} x' for i in ids])  # restore the ids (labels do not matter for the other levels)
+    ref = data / 'images_test.txt'
+    drop_lines(ref, lambda i, line: i > 0)
+    with pytest.raises(PrepareError, match=re.escape(
+            f'{ref} lacks 1 image id(s) that images_family_test.txt and images_variant_test.txt and '
+            f'images_manufacturer_test.txt list ({ids[0]}): images_test.txt is probably truncated')):
+        read_listing('aircraft', data.parent, level='family')
+
+
+def test_aircraft_subset_made_on_purpose_is_prepared(tmp_path):
+    data, _ = make_aircraft(tmp_path / 'dl')
+    for path in data.glob('images_*test.txt'):
+        drop_lines(path, lambda i, line: i % 2 == 0)
+    listing = read_listing('aircraft', data.parent, keep_banner=True)
+    assert sum(s.split == 'val' for s in listing.samples) == 3
+
+
+def test_cars_labelled_test_list_that_lacks_test_images(tmp_path):
+    pytest.importorskip('scipy.io')
+    root, truth = make_cars(tmp_path / 'dl', 'torchvision')
+    labelled = root / 'cars_test_annos_withlabels.mat'
+    rows = [dict(bbox_x1=1, bbox_y1=2, bbox_x2=20, bbox_y2=15, fname=f, **{'class': c + 1})
+            for (s, f), c in sorted(truth.items()) if s == 'val'][:-2]
+    _savemat_annotations(labelled, rows, ['bbox_x1', 'bbox_y1', 'bbox_x2', 'bbox_y2', 'class', 'fname'])
+    with pytest.raises(PrepareError, match=re.escape(
+            f'{labelled} lacks 2 test image(s) that {root / "devkit" / "cars_test_annos.mat"} lists '
+            f'(00005.jpg, 00006.jpg): cars_test_annos_withlabels.mat is incomplete')):
+        read_listing('cars', root.parent)
 
 
 def test_image_listed_but_absent(tmp_path, capsys):
@@ -566,25 +703,88 @@ def test_unreadable_images(tmp_path, capsys):
     assert len(list(dst.rglob('*.jpg'))) == 12
 
 
-def test_existing_destination(tmp_path, capsys):
+def test_existing_destination_that_prepare_did_not_write_is_never_replaced(tmp_path, capsys):
     root, _ = make_cub(tmp_path / 'dl')
     dst = tmp_path / 'data' / 'cub'
     (dst / 'train' / 'mine').mkdir(parents=True)
     (dst / 'notes.txt').write_text('keep me')
     (tmp_path / 'data' / 'other.txt').write_text('sibling')
-    assert prepare('cub', root, dst) == 1
-    assert f'error: DST {dst} exists and is not empty; pass --overwrite' in capsys.readouterr().err
-    assert (dst / 'notes.txt').read_text() == 'keep me'
-
-    assert prepare('cub', root, dst, '--overwrite') == 0
-    assert sorted(p.name for p in dst.iterdir()) == ['class_map.txt', 'classes.json', 'train', 'val']
-    assert (tmp_path / 'data' / 'other.txt').read_text() == 'sibling'
-    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == ['cub', 'other.txt']
-    assert all(p.is_file() for p in (root / 'images').rglob('*.jpg'))  # the replaced links' targets remain
+    before = snapshot(tmp_path / 'data')
+    for extra in ([], ['--overwrite']):
+        assert prepare('cub', root, dst, *extra) == 1
+        assert f'error: DST {dst} exists, is not empty and is not a tree written by timm-camaug prepare (it holds ' \
+               f'notes.txt, which prepare does not write); --overwrite replaces only such a tree, so nothing in it ' \
+               f'is touched' in capsys.readouterr().err
+    with pytest.raises(PrepareError, match='is not a tree written by timm-camaug prepare'):
+        prepare_dataset('cub', root, dst, overwrite=True)
+    assert snapshot(tmp_path / 'data') == before and leftovers(dst) == []
     # an empty DST is simply used
     empty = tmp_path / 'empty'
     empty.mkdir()
     assert prepare('cub', root, empty) == 0 and (empty / 'train').is_dir()
+
+
+def test_overwrite_replaces_an_earlier_prepare_output_only(tmp_path, capsys):
+    root, _ = make_cub(tmp_path / 'dl')
+    dst = tmp_path / 'data' / 'cub'
+    (tmp_path / 'data').mkdir()
+    (tmp_path / 'data' / 'other.txt').write_text('sibling')
+    assert prepare('cub', root, dst, '--link', 'relative') == 0
+    capsys.readouterr()
+    assert json.loads((dst / 'classes.json').read_text())['written_by'] == 'timm-camaug prepare'
+    assert prepare('cub', root, dst) == 1
+    assert f'error: DST {dst} holds an earlier prepare output; pass --overwrite to replace it' in \
+        capsys.readouterr().err
+    assert prepare('cub', root, dst, '--overwrite') == 0
+    assert sorted(p.name for p in dst.iterdir()) == ['class_map.txt', 'classes.json', 'train', 'val']
+    assert all(p.is_symlink() and os.path.isabs(os.readlink(p)) for p in dst.rglob('*.jpg'))  # the new tree
+    assert sorted(p.name for p in (tmp_path / 'data').iterdir()) == ['cub', 'other.txt']
+    assert all(p.is_file() for p in (root / 'images').rglob('*.jpg'))  # the replaced links' targets remain
+    # a file removed from the tree is fine; anything added or changed is the user's: refused, untouched
+    next(dst.rglob('*.jpg')).unlink()
+    assert prepare('cub', root, dst, '--overwrite') == 0
+    val_folder = dst / 'val' / '000_Black_footed_Albatross'
+    train_folder = dst / 'train' / '001_Laysan_Albatross'
+    changes = [
+        (lambda: (dst / 'README.md').write_text('mine'), 'it holds README.md, which prepare does not write'),
+        (lambda: (dst / 'val' / 'extra').mkdir(), 'val/extra is not one of its class folders'),
+        (lambda: (val_folder / 'mine.jpg').symlink_to(root / 'images.txt'),
+         'val/000_Black_footed_Albatross holds 3 files, but prepare wrote 2'),
+        (lambda: (train_folder / 'sub').mkdir(), 'train/001_Laysan_Albatross/sub is a folder'),
+        (lambda: shutil.copyfile(sorted(train_folder.iterdir())[0].resolve(), train_folder / 'mine.jpg'),
+         'train/001_Laysan_Albatross/mine.jpg is not a link (prepare wrote links there)'),
+        (lambda: (dst / 'class_map.txt').write_text('a\n'), 'its class_map.txt is not the one prepare wrote'),
+        (lambda: (dst / 'classes.json').write_text('{"classes": []}'),
+         'its classes.json was not written by timm-camaug prepare'),
+        (lambda: (dst / 'classes.json').write_text('{"written_by": "timm-camaug pre'), 'its classes.json cannot be read'),
+        (lambda: (dst / 'classes.json').unlink(), 'it has no classes.json'),
+    ]
+    for change, reason in changes:
+        if 'is not a link' in reason:  # make room: the copy replaces one of the links
+            sorted(train_folder.iterdir())[0].unlink()
+        change()
+        changed = snapshot(dst)
+        with pytest.raises(PrepareError, match=re.escape(f'is not a tree written by timm-camaug prepare ({reason}')):
+            prepare_dataset('cub', root, dst, overwrite=True, progress=False)
+        assert snapshot(dst) == changed and leftovers(dst) == []
+        shutil.rmtree(dst)  # the user's decision; then a fresh tree for the next change
+        assert prepare('cub', root, dst) == 0
+
+
+def test_destination_changed_during_the_build_is_not_replaced(tmp_path, monkeypatch):
+    root, _ = make_cub(tmp_path / 'dl')
+    dst = tmp_path / 'cub'
+    assert prepare('cub', root, dst) == 0
+    real = common._write_class_files
+
+    def user_adds_a_file(*a, **kw):
+        (dst / 'results.csv').write_text('mine')
+        return real(*a, **kw)
+
+    monkeypatch.setattr(common, '_write_class_files', user_adds_a_file)
+    with pytest.raises(PrepareError, match=re.escape('(it holds results.csv, which prepare does not write)')):
+        prepare_dataset('cub', root, dst, overwrite=True, progress=False)
+    assert (dst / 'results.csv').read_text() == 'mine' and (dst / 'train').is_dir() and leftovers(dst) == []
 
 
 def test_destination_that_is_a_file_or_holds_the_source(tmp_path, capsys):
@@ -603,8 +803,8 @@ def test_destination_that_is_a_file_or_holds_the_source(tmp_path, capsys):
 def test_failure_mid_build_keeps_the_old_tree_and_a_rerun_completes(tmp_path, capsys, monkeypatch):
     root, _ = make_cub(tmp_path / 'dl')
     dst = tmp_path / 'cub'
-    dst.mkdir()
-    (dst / 'old.txt').write_text('previous tree')
+    assert prepare('cub', root, dst, '--link', 'relative') == 0
+    old = snapshot(dst)
     real_symlink, calls = os.symlink, []
 
     def failing_symlink(src, target, *a, **kw):
@@ -616,7 +816,7 @@ def test_failure_mid_build_keeps_the_old_tree_and_a_rerun_completes(tmp_path, ca
     monkeypatch.setattr(os, 'symlink', failing_symlink)
     assert prepare('cub', root, dst, '--overwrite') == 1
     assert 'No space left on device' in capsys.readouterr().err
-    assert sorted(p.name for p in dst.iterdir()) == ['old.txt'] and leftovers(dst) == []
+    assert snapshot(dst) == old and leftovers(dst) == []
 
     # an interrupt (Ctrl-C) at the very end also leaves nothing half-made
     monkeypatch.setattr(os, 'symlink', real_symlink)
@@ -626,12 +826,12 @@ def test_failure_mid_build_keeps_the_old_tree_and_a_rerun_completes(tmp_path, ca
 
     monkeypatch.setattr(common, '_write_class_files', interrupted)
     assert prepare('cub', root, dst, '--overwrite') == 130
-    assert sorted(p.name for p in dst.iterdir()) == ['old.txt'] and leftovers(dst) == []
+    assert snapshot(dst) == old and leftovers(dst) == []
 
     monkeypatch.undo()
     assert prepare('cub', root, dst, '--overwrite') == 0
     assert sorted(p.name for p in dst.iterdir()) == ['class_map.txt', 'classes.json', 'train', 'val']
-    assert leftovers(dst) == []
+    assert all(os.path.isabs(os.readlink(p)) for p in dst.rglob('*.jpg')) and leftovers(dst) == []
 
 
 def test_leftovers_of_a_killed_run_are_reported_not_deleted(tmp_path, capsys):
@@ -657,8 +857,8 @@ def test_unwritable_destination_and_failed_final_rename(tmp_path, capsys, monkey
     assert f'error: cannot create a folder in {tmp_path}: Permission denied' in capsys.readouterr().err
 
     # the old tree is moved aside, then moving the new one in fails: the old one comes back
-    dst.mkdir()
-    (dst / 'old.txt').write_text('previous tree')
+    assert prepare('cub', root, dst, '--link', 'relative') == 0
+    old = snapshot(dst)
     real_rename = os.rename
 
     def rename(a, b):
@@ -670,7 +870,7 @@ def test_unwritable_destination_and_failed_final_rename(tmp_path, capsys, monkey
         m.setattr(os, 'rename', rename)
         assert prepare('cub', root, dst, '--overwrite') == 1
     assert 'Input/output error' in capsys.readouterr().err
-    assert sorted(p.name for p in dst.iterdir()) == ['old.txt'] and leftovers(dst) == []
+    assert snapshot(dst) == old and leftovers(dst) == []
 
 
 def test_source_not_found(tmp_path, capsys):

@@ -7,7 +7,8 @@ torchvision's name for it):
   and ``cars_test_annos_withlabels.mat`` (``annotations`` with ``bbox_x1..bbox_y2``, 1-based ``class``,
   ``fname``), images in ``cars_train/`` and ``cars_test/``. The labelled test file sits beside ``devkit/``
   in torchvision's ``stanford_cars`` layout and inside it in some copies; both are found. (The devkit's own
-  ``cars_test_annos.mat`` has no labels.) Copies that nest ``cars_train/cars_train/`` or
+  ``cars_test_annos.mat`` has no labels; where it is present, the labelled file must list the same test
+  images, or the error names the one with fewer.) Copies that nest ``cars_train/cars_train/`` or
   ``car_devkit/devkit/`` are found too.
 * all in one: ``cars_annos.mat`` (``annotations`` with ``relative_im_path``, ``class``, ``test``, plus
   ``class_names``) and ``car_ims/``.
@@ -18,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .common import Listing, PrepareError, Sample
+from .common import Listing, PrepareError, Sample, list_names
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'OFFICIAL_COUNTS', 'TEST_LABELS_FILE', 'locate', 'read']
 
@@ -120,6 +121,25 @@ def _test_labels_file(root: Path, devkit: Path) -> Path:
         f'test labels not found: put {TEST_LABELS_FILE} in {root} or {devkit}{unlabelled}')
 
 
+def _check_test_lists(labelled: Path, names: Sequence[str], devkit: Path) -> None:
+    """The labelled test list must name the same images as the devkit's own unlabelled
+    ``cars_test_annos.mat`` (when present): a file that lacks images the other lists is incomplete (or
+    from another release), which would otherwise give a silent subset."""
+    unlabelled = devkit / 'cars_test_annos.mat'
+    if not unlabelled.is_file():
+        return
+    ann = _annotations(unlabelled, ('fname',))
+    devkit_names = {str(a['fname']) for a in ann}
+    labelled_names = set(names)
+    for short, lacks, other in ((labelled, devkit_names - labelled_names, unlabelled),
+                                (unlabelled, labelled_names - devkit_names, labelled)):
+        if lacks:
+            raise PrepareError(
+                f'{short} lacks {len(lacks)} test image(s) that {other} lists ({list_names(sorted(lacks))}): '
+                f'{short.name} is incomplete or from another copy of the dataset (both list the same '
+                f'{OFFICIAL_COUNTS["val"]:,} images); get it again')
+
+
 def _read_devkit(root: Path, devkit: Path) -> Listing:
     meta = devkit / 'cars_meta.mat'
     classes = _class_names(meta)
@@ -129,11 +149,15 @@ def _read_devkit(root: Path, devkit: Path) -> Listing:
     }
     samples = []
     for split, (annos, images) in sources.items():
+        fnames = []
         for i, a in enumerate(_annotations(annos, ('class', 'fname'))):
             fname = str(a['fname'])
+            fnames.append(fname)
             samples.append(Sample(
                 path=str(images / fname), split=split, label=_label(a['class'], len(classes), annos, i),
                 name=os.path.basename(fname), listed_in=annos.name))
+        if split == 'val':
+            _check_test_lists(annos, fnames, devkit)
     return Listing(dataset='cars', title=TITLE, root=str(root), classes=classes, samples=samples,
                    official_counts=dict(OFFICIAL_COUNTS))
 

@@ -4,7 +4,8 @@ atomic tree builder (links, copies or cropped copies, image checks, progress) an
 The tree is timm's folder layout: ``DST/train/<class>/<image>`` and ``DST/val/<class>/<image>``, class
 folders ``<zero-padded official index>_<file-system-safe name>`` so that timm's natural sort (and a plain
 sort) gives the official class order, plus ``DST/class_map.txt`` (one folder per line, in class-index
-order: train.py's ``--class-map``) and ``DST/classes.json`` (official names and per-split counts).
+order: train.py's ``--class-map``) and ``DST/classes.json`` (official names and per-split counts; it also
+marks the tree as prepare's, the only kind of DST that ``--overwrite`` replaces).
 """
 import glob
 import json
@@ -23,8 +24,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     'PrepareError', 'Sample', 'Listing', 'BuildResult', 'SPLITS', 'LINK_MODES', 'VERIFY_MODES',
-    'CLASS_MAP_FILE', 'CLASSES_FILE', 'safe_name', 'class_folder_names', 'read_id_value_file',
-    'check_destination', 'build_tree', 'format_summary', 'summary_warnings',
+    'CLASS_MAP_FILE', 'CLASSES_FILE', 'WRITTEN_BY', 'safe_name', 'class_folder_names', 'read_id_value_file',
+    'id_ranges', 'list_names', 'prepare_tree_problem', 'check_destination', 'build_tree', 'format_summary',
+    'summary_warnings',
 ]
 
 SPLITS = ('train', 'val')
@@ -32,6 +34,7 @@ LINK_MODES = ('symlink', 'relative', 'hardlink', 'copy')
 VERIFY_MODES = ('full', 'header', 'none')
 CLASS_MAP_FILE = 'class_map.txt'
 CLASSES_FILE = 'classes.json'
+WRITTEN_BY = 'timm-camaug prepare'  # classes.json's "written_by": how --overwrite recognises an earlier output
 _MAX_LISTED = 10  # how many offending files an error message names before summarising the rest
 
 
@@ -129,6 +132,29 @@ def read_id_value_file(path: Path, what: str, *, int_values: bool = False) -> Di
     return out
 
 
+def id_ranges(ids: Sequence[int], limit: int = 6) -> str:
+    """Sorted ids as compact ranges for a message: ``[3, 4, 5, 9]`` -> ``'3-5, 9'`` (at most ``limit``
+    ranges, then how many more ids)."""
+    ids = sorted(ids)
+    ranges: List[Tuple[int, int]] = []
+    for i in ids:
+        if ranges and i == ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], i)
+        else:
+            ranges.append((i, i))
+    shown = ', '.join(str(a) if a == b else f'{a}-{b}' for a, b in ranges[:limit])
+    if len(ranges) > limit:
+        rest = sum(b - a + 1 for a, b in ranges[limit:])
+        shown += f', ... ({rest} more)'
+    return shown
+
+
+def list_names(names: Sequence[str], limit: int = 3) -> str:
+    """The first ``limit`` names, comma-separated, then how many more (for a message)."""
+    shown = ', '.join(names[:limit])
+    return shown + (f' and {len(names) - limit} more' if len(names) > limit else '')
+
+
 def _gb(n: int) -> str:
     return f'{n / 1e9:.2f} GB' if n >= 1e8 else f'{n / 1e6:.1f} MB'
 
@@ -147,24 +173,95 @@ def _is_within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip(os.sep) + os.sep)
 
 
+def prepare_tree_problem(path: Path) -> Optional[str]:
+    """Why the directory ``path`` is not a tree written by ``prepare``, or None when it is one: the only
+    kind of DST that ``--overwrite`` may replace, so that nothing the user put there is ever deleted.
+
+    A prepare tree holds nothing but ``train/``, ``val/``, the class map and ``classes.json`` (which says
+    it was written by prepare and lists the class folders with their image counts); ``train/`` and ``val/``
+    hold only those class folders, each with no sub-folders and no more files than were written into it
+    (only links where links were written). Files removed since are fine: nothing of the user's is lost.
+    """
+    try:
+        return _tree_problem(path)
+    except OSError as e:
+        return f'{e.filename or path} cannot be read ({e.strerror or e})'
+
+
+def _tree_problem(path: Path) -> Optional[str]:
+    entries = sorted(p.name for p in path.iterdir())
+    extra = [n for n in entries if n not in (*SPLITS, CLASS_MAP_FILE, CLASSES_FILE)]
+    if extra:
+        return f'it holds {list_names(extra)}, which prepare does not write'
+    if CLASSES_FILE not in entries:
+        return f'it has no {CLASSES_FILE}'
+    try:
+        with open(path / CLASSES_FILE, encoding='utf-8') as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        return f'its {CLASSES_FILE} cannot be read ({type(e).__name__})'
+    if not isinstance(meta, dict) or meta.get('written_by') != WRITTEN_BY:
+        return f'its {CLASSES_FILE} was not written by {WRITTEN_BY}'
+    try:
+        expected = {split: {c['folder']: int(c[split]) for c in meta['classes']} for split in SPLITS}
+    except (KeyError, TypeError, ValueError):
+        return f'its {CLASSES_FILE} does not list the class folders'
+    if CLASS_MAP_FILE in entries:
+        try:
+            class_map = (path / CLASS_MAP_FILE).read_text(encoding='utf-8').splitlines()
+        except (OSError, ValueError) as e:
+            return f'its {CLASS_MAP_FILE} cannot be read ({type(e).__name__})'
+        if class_map != [c['folder'] for c in meta['classes']]:
+            return f'its {CLASS_MAP_FILE} is not the one prepare wrote'
+    only_links = meta.get('files') in ('symlink', 'relative')
+    for split in SPLITS:
+        split_dir = path / split
+        if not os.path.lexists(split_dir):
+            continue
+        if split_dir.is_symlink() or not split_dir.is_dir():
+            return f'{split} is not a folder'
+        for folder in os.scandir(split_dir):
+            if folder.name not in expected[split] or not folder.is_dir(follow_symlinks=False):
+                return f'{split}/{folder.name} is not one of its class folders'
+            n = 0
+            for entry in os.scandir(folder.path):
+                if entry.is_dir(follow_symlinks=False):
+                    return f'{split}/{folder.name}/{entry.name} is a folder'
+                if only_links and not entry.is_symlink():
+                    return f'{split}/{folder.name}/{entry.name} is not a link (prepare wrote links there)'
+                n += 1
+            if n > expected[split][folder.name]:
+                return (f'{split}/{folder.name} holds {n} files, but prepare wrote '
+                        f'{expected[split][folder.name]}')
+    return None
+
+
 def check_destination(dst: str, overwrite: bool, source_root: Optional[str] = None) -> Path:
     """Refuse a DST that cannot be (re)built safely; returns it as an absolute path.
 
-    DST may be missing or an empty directory; a non-empty one needs ``overwrite``. A DST that is a file,
-    a symbolic link, or contains the dataset being read is always refused.
+    DST may be missing or an empty directory. A non-empty one is replaced only with ``overwrite`` and only
+    when it is an earlier prepare output (see ``prepare_tree_problem``); anything else is refused, so
+    nothing the user owns is deleted. A DST that is a file, a symbolic link, or contains the dataset being
+    read is always refused.
     """
     path = Path(os.path.abspath(dst))
     if path.is_symlink():
         raise PrepareError(f'DST {path} is a symbolic link; give the real directory instead')
-    if path.exists():
-        if not path.is_dir():
-            raise PrepareError(f'DST {path} exists and is not a directory')
-        if any(path.iterdir()) and not overwrite:
-            raise PrepareError(
-                f'DST {path} exists and is not empty; pass --overwrite to replace it (only DST itself is '
-                f'replaced, once the new tree is complete)')
+    if path.exists() and not path.is_dir():
+        raise PrepareError(f'DST {path} exists and is not a directory')
     if source_root is not None and _is_within(source_root, str(path)):
         raise PrepareError(f'DST {path} contains the dataset being read ({source_root}); choose another DST')
+    if path.exists() and any(path.iterdir()):
+        problem = prepare_tree_problem(path)
+        if problem is not None:
+            raise PrepareError(
+                f'DST {path} exists, is not empty and is not a tree written by {WRITTEN_BY} ({problem}); '
+                f'--overwrite replaces only such a tree, so nothing in it is touched: choose another DST, or '
+                f'move its contents away yourself')
+        if not overwrite:
+            raise PrepareError(
+                f'DST {path} holds an earlier prepare output; pass --overwrite to replace it (only DST itself '
+                f'is replaced, once the new tree is complete)')
     if path.parent.exists() and not path.parent.is_dir():
         raise PrepareError(f'the parent of DST, {path.parent}, is not a directory')
     return path
@@ -327,8 +424,8 @@ def build_tree(
     ignored (files are written) when the listing crops images. ``verify``: 'full' decodes every linked or
     copied image (at reduced scale for JPEG), 'header' only parses headers, 'none' skips the check.
     Everything is built in a temporary sibling ``<dst>.tmp-XXXX`` that is renamed to ``dst`` at the end,
-    so a failure leaves no partial tree; an existing ``dst`` (with ``overwrite``) is removed only after
-    the new tree is complete.
+    so a failure leaves no partial tree; an existing ``dst`` (with ``overwrite``, and only if it is an
+    earlier prepare output: see ``check_destination``) is removed only after the new tree is complete.
     """
     if link not in LINK_MODES:
         raise ValueError(f'link must be one of {LINK_MODES}, got {link!r}')
@@ -415,6 +512,7 @@ def build_tree(
 
         if dst_path.exists():
             if any(dst_path.iterdir()):
+                check_destination(str(dst_path), overwrite)  # again: DST may have changed during the build
                 old = _unique_sibling(dst_path, 'old')
                 os.rename(dst_path, old)
             else:
@@ -453,6 +551,7 @@ def _write_class_files(root: Path, listing: Listing, counts: Dict[str, Counter],
     with open(root / CLASS_MAP_FILE, 'w', encoding='utf-8') as f:
         f.write(''.join(name + '\n' for name in folders))
     meta = {
+        'written_by': WRITTEN_BY,
         'dataset': listing.title,
         'source': listing.root,
         'level': listing.level,

@@ -2,14 +2,17 @@
 unpacks: ``CUB_200_2011/{classes,images,image_class_labels,train_test_split}.txt`` and ``images/``.
 
 Every annotation file holds ``<id> <value>`` lines; ``train_test_split.txt`` marks training images with
-1 and test images with 0 (the official 5,994 / 5,794 split). Some images are grayscale: they are linked
-as they are (timm converts to RGB when it loads them).
+1 and test images with 0 (the official 5,994 / 5,794 split). The three per-image files must list the same
+image ids: one that lacks ids the others list was cut short, and is named in the error rather than turned
+into a silent subset. Some images are grayscale: they are linked as they are (timm converts to RGB when it
+loads them).
 """
 import os
 import re
 from pathlib import Path
+from typing import Dict
 
-from .common import Listing, PrepareError, Sample, class_folder_names, read_id_value_file
+from .common import Listing, PrepareError, Sample, class_folder_names, id_ranges, read_id_value_file
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'OFFICIAL_COUNTS', 'locate', 'read']
 
@@ -36,6 +39,28 @@ def locate(src: str) -> Path:
         f'(unpack CUB_200_2011.tgz there)')
 
 
+def _check_same_ids(root: Path, tables: Dict[str, Dict[int, str]]) -> None:
+    """Raise, naming the file, when one of the per-image annotation files (name -> {image id: value})
+    lacks ids that another lists: cut at a line boundary, a file still parses, and only this comparison
+    tells a truncated download from a deliberate subset (which removes the same ids from every file)."""
+    problems = []
+    for fname, table in tables.items():
+        others = {o: t for o, t in tables.items() if o != fname}
+        missing = sorted(set().union(*others.values()) - table.keys())
+        if not missing:
+            continue
+        listing = ' and '.join(o for o, t in others.items() if any(i in t for i in missing))
+        verdict = (f'all after its last id, {max(table)}: {fname} is probably truncated' if missing[0] > max(table)
+                   else f'{fname} is damaged or edited')
+        problems.append(
+            f'{root / fname} lacks {len(missing)} image id(s) that {listing} list: {id_ranges(missing)}; {verdict}')
+    if problems:
+        again = 'it' if len(problems) == 1 else 'them'
+        raise PrepareError(
+            '\n'.join(problems) + f'\nextract {again} again from {TOP_FOLDER}.tgz (a subset made on purpose must '
+            f'drop the same ids from images.txt, image_class_labels.txt and train_test_split.txt)')
+
+
 def read(src: str) -> Listing:
     """The official train/test split of the CUB-200-2011 download at ``src`` (see ``locate``)."""
     root = locate(src)
@@ -44,6 +69,9 @@ def read(src: str) -> Listing:
     labels = read_id_value_file(root / 'image_class_labels.txt', 'CUB labels image_class_labels.txt', int_values=True)
     split = read_id_value_file(root / 'train_test_split.txt', 'CUB split train_test_split.txt', int_values=True)
 
+    _check_same_ids(root, {
+        'images.txt': images, 'image_class_labels.txt': labels, 'train_test_split.txt': split})
+
     if not (root / 'images').is_dir():
         raise PrepareError(f'image folder not found: {root / "images"} (extract CUB_200_2011.tgz completely)')
     class_ids = sorted(classes)  # official order: by class id (001..200)
@@ -51,15 +79,13 @@ def read(src: str) -> Listing:
     names = [classes[cid] for cid in class_ids]
     samples = []
     for image_id, rel in images.items():
-        for table, fname in ((labels, 'image_class_labels.txt'), (split, 'train_test_split.txt')):
-            if image_id not in table:
-                raise PrepareError(
-                    f'{root / fname} has no entry for image {image_id} ({rel}), which images.txt lists '
-                    f'(is {fname} truncated? extract it again from CUB_200_2011.tgz)')
         cid = int(labels[image_id])
         if cid not in label_of:
+            truncated = (f'classes.txt is probably truncated (it ends at class {class_ids[-1]})'
+                         if cid > class_ids[-1] else 'the two files do not belong together')
             raise PrepareError(
-                f'{root / "image_class_labels.txt"}: image {image_id} has class {cid}, which classes.txt does not list')
+                f'{root / "image_class_labels.txt"}: image {image_id} has class {cid}, which '
+                f'{root / "classes.txt"} does not list; {truncated} (extract it again from {TOP_FOLDER}.tgz)')
         flag = split[image_id]
         if flag not in ('0', '1'):
             raise PrepareError(

@@ -72,7 +72,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                        help='how images get into DST: ' + '; '.join(f'{k}: {v}' for k, v in _LINK_HELP.items()))
     files.add_argument('--copy', action='store_true', help='copy the images instead of linking them')
     shared.add_argument('--overwrite', action='store_true',
-                        help='replace a DST that is not empty (only DST itself, once the new tree is complete)')
+                        help='replace a DST that holds an earlier prepare output (once the new tree is complete); '
+                             'a DST holding anything else is never replaced')
     shared.add_argument('--verify', choices=VERIFY_MODES, default='full',
                         help='check that each linked/copied image can be read: full decodes it (at reduced scale '
                              'for JPEG, default), header only parses its header, none skips the check')
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dataset == 'aircraft':
         options = dict(level=args.level, keep_banner=args.keep_banner)
     try:
-        check_destination(args.dst, args.overwrite)
+        check_destination(args.dst, args.overwrite, args.src)
         listing = read_listing(args.dataset, args.src, **options)
         level = f' ({listing.level} level)' if listing.level else ''
         print(f'{listing.title}{level}: {listing.root} -> {os.path.abspath(args.dst)}')
@@ -141,9 +142,9 @@ def run(args: argparse.Namespace) -> int:
         print(f'warning: {w}', file=sys.stderr)
     if result.written_bytes:
         print(f'wrote {_size(result.written_bytes)}')
-    class_map = os.path.join(args.dst, CLASS_MAP_FILE)
+    class_map = os.path.join(result.dst, CLASS_MAP_FILE)  # result.dst is absolute: the hint works from anywhere
     needs_map = set(result.counts['train']) != set(result.counts['val'])
     n_classes = len(listing.classes) if needs_map else result.classes('train')
     extra = f' --class-map {class_map}' if needs_map else ''
-    print(f'done: {args.dst}\ntrain with: python train.py --data-dir {args.dst} --num-classes {n_classes}{extra}')
+    print(f'done: {result.dst}\ntrain with: python train.py --data-dir {result.dst} --num-classes {n_classes}{extra}')
     return 0
