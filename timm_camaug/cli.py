@@ -12,6 +12,7 @@ COMMANDS = {
     'prepare': 'timm_camaug.datasets.prepare',
     'preview': 'timm_camaug.preview',
     'demo': 'timm_camaug.demo',
+    'bench': 'timm_camaug.bench',
 }
 
 

@@ -1,6 +1,6 @@
 """ ``create_mix_fn``: a mix mode from a name and options, or from train.py's ``args``. """
 import argparse
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -8,7 +8,7 @@ from torch import nn
 from .modes import MIX_MODES, MixMode, get_mode_class
 from .modes.base import CamGuidedMode
 
-__all__ = ['create_mix_fn', 'mode_options_from_args', 'option_dest']
+__all__ = ['create_mix_fn', 'mode_options_from_args', 'mode_options_from_strings', 'option_dest']
 
 
 def option_dest(mode: str, option: str) -> str:
@@ -21,6 +21,41 @@ def mode_options_from_args(args: argparse.Namespace, mode: str) -> Dict[str, Any
     cls = get_mode_class(mode)
     names = ['prob'] + [o.name for o in cls.options]
     return {n: getattr(args, option_dest(mode, n)) for n in names if hasattr(args, option_dest(mode, n))}
+
+
+def mode_options_from_strings(mode: str, items: Sequence[str]) -> Dict[str, Any]:
+    """``KEY=VALUE`` strings (command-line ``--set`` items) -> keyword options of ``mode``, typed as the mode's
+    train.py flags are. ``KEY`` is the option's name without the mode prefix (``beta``, ``cam_layer``, or
+    ``cam-layer``); ``prob`` is accepted too. Raises ValueError naming the item and what is wrong with it."""
+    cls = get_mode_class(mode)
+    options = {o.name: o for o in cls.options}
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        key = key.strip().replace('-', '_')
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        if key == 'prob':
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--set prob={value}: expected a number") from None
+            continue
+        if key not in options:
+            raise ValueError(f"--set {key}: {mode} has no such option; its options are "
+                             f"{', '.join(['prob'] + sorted(options))}")
+        opt = options[key]
+        if value.lower() in ('none', 'null') and opt.default is None:
+            out[key] = None
+            continue
+        t = opt.parse_type()
+        try:
+            out[key] = t(value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise ValueError(f"--set {key}={value}: {e}") from None
+        if opt.choices is not None and out[key] not in opt.choices:
+            raise ValueError(f"--set {key}={value}: choose one of {', '.join(map(str, opt.choices))}")
+    return out
 
 
 def create_mix_fn(

@@ -1,0 +1,52 @@
+""" `timm-camaug bench`: every mode timed against a training step in one run, and its input errors. """
+import pytest
+import torch
+
+from timm_camaug import MIX_MODES, cli
+from timm_camaug.bench import bench_modes
+from timm_camaug.factory import mode_options_from_strings
+
+
+def test_bench_modes_reports_every_mode_against_the_step():
+    res = bench_modes(MIX_MODES, model='test_resnet', img_size=32, batch_size=4, num_classes=5, repeats=1,
+                      options={'attentive': {'extractor': 'test_resnet', 'extractor_size': 32, 'top_n': 1}})
+    assert list(res) == ['train step', *MIX_MODES, 'timm Mixup (cutmix)']
+    assert res['train step']['ratio'] == 1.0
+    for name, r in res.items():
+        assert r['seconds'] > 0 and r['ratio'] == pytest.approx(r['seconds'] / res['train step']['seconds'])
+
+
+def test_bench_cli_prints_a_table(capsys):
+    assert cli.main(['bench', '--mode', 'gutout,saliencymix', '--model', 'test_resnet', '--img-size', '32',
+                     '--batch-size', '2', '--num-classes', '3', '--repeats', '1', '--amp', 'bfloat16',
+                     '--channels-last', '--set', 'gutout:cam_scale=0.5', '--set', 'gutout:t=0.3']) == 0
+    out = capsys.readouterr().out
+    assert 'test_resnet, 32 px, batch 2, bfloat16, channels-last' in out
+    rows = {line.split()[0] for line in out.splitlines()[3:] if line.strip()}
+    assert {'train', 'gutout', 'saliencymix', 'timm'} <= rows
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--mode', 'mixup'], "unknown mode\\(s\\) mixup; choose from snapmix"),
+    (['--batch-size', '0'], '--batch-size must be >= 1, got 0'),
+    (['--set', 'beta=2'], "--set 'beta=2': expected MODE:KEY=VALUE"),
+    (['--mode', 'snapmix', '--set', 'gutout:t=0.2'], "--set 'gutout:t=0.2': expected MODE:KEY=VALUE with MODE one of snapmix"),
+    (['--mode', 'snapmix', '--set', 'snapmix:bogus=1'], 'snapmix has no such option; its options are prob, beta'),
+    (['--mode', 'snapmix', '--set', 'snapmix:beta=nan'], 'snapmix: beta must be > 0, got nan'),
+    (['--mode', 'snapmix', '--model', 'no_such_model'], 'no_such_model'),
+])
+def test_bench_cli_errors(argv, message):
+    with pytest.raises(SystemExit, match=message):
+        cli.main(['bench', '--model', 'test_resnet', '--img-size', '32', '--repeats', '1', *argv])
+
+
+def test_mode_options_from_strings():
+    assert mode_options_from_strings('cam-erase', ['t=0.3', 'cam-layer=layer3', 'location=bbox', 'prob=1']) == \
+        {'t': 0.3, 'cam_layer': 'layer3', 'location': 'bbox', 'prob': 1.0}
+    assert mode_options_from_strings('snapmix', ['cam_layer=none']) == {'cam_layer': None}
+    with pytest.raises(ValueError, match=r"--set location=middle: choose one of region, weighted, bbox, anywhere"):
+        mode_options_from_strings('cam-erase', ['location=middle'])
+    with pytest.raises(ValueError, match=r"--set cam_scale=2: must be in \(0, 1\], got '2'"):
+        mode_options_from_strings('gutout', ['cam_scale=2'])
+    with pytest.raises(ValueError, match=r"--set prob=x: expected a number"):
+        mode_options_from_strings('gutout', ['prob=x'])

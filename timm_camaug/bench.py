@@ -1,0 +1,191 @@
+""" ``timm-camaug bench``: what each mix mode costs per training step, on your model, size and device.
+
+Each mode's call is timed against one plain training step (forward, cross-entropy, backward, SGD step) of the
+same model on the same batch, and against timm's own ``Mixup`` (CutMix), all interleaved in one run, so the
+ratios hold on whatever machine runs them. Models are built with random weights (nothing is downloaded; a
+CAM costs the same whatever the weights), Attentive CutMix's extractor too.
+"""
+import argparse
+import os
+import platform
+import statistics
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+__all__ = ['machine', 'time_interleaved', 'bench_modes', 'register', 'run']
+
+
+def machine() -> str:
+    """One line naming the machine the numbers were measured on."""
+    import torch
+    if torch.cuda.is_available():
+        dev = f"GPU {torch.cuda.get_device_name(0)}"
+    else:
+        cpu = platform.processor() or platform.machine()
+        try:
+            with open('/proc/cpuinfo') as f:
+                names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+            if names:
+                cpu = names[0]
+        except OSError:
+            pass
+        dev = f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return f"{dev}; torch {torch.__version__}; python {platform.python_version()}"
+
+
+def _sync(device) -> None:
+    import torch
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device, warmup: int = 1) -> Dict[str, float]:
+    """Median seconds of each function; the functions run in turn so that drift affects all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+            _sync(device)
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_modes(
+        modes: Sequence[str],
+        *,
+        model: str = 'resnet50',
+        img_size: int = 224,
+        batch_size: int = 16,
+        num_classes: int = 200,
+        device: Optional[str] = None,
+        amp_dtype: Optional[str] = None,
+        channels_last: bool = False,
+        repeats: int = 5,
+        options: Optional[Dict[str, Dict[str, Any]]] = None,
+) -> Dict[str, Dict[str, float]]:
+    """{name: {'seconds', 'ratio'}}: each mode's call (``prob=1``) and timm's CutMix, as a fraction of one
+    training step of ``model`` on the same batch (the entry ``'train step'``, ratio 1). ``options`` maps a mode
+    to its keyword options; ``amp_dtype`` ('bfloat16' or 'float16') runs the step and the CAMs under autocast.
+    On CUDA each entry also has ``'peak_memory'``: the largest extra memory a call allocated, as a fraction of
+    the step's own peak."""
+    import functools
+    from contextlib import suppress
+
+    import timm
+    import torch
+    import torch.nn.functional as F
+
+    from .factory import create_mix_fn
+
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    amp = (functools.partial(torch.autocast, device_type=dev.type, dtype=getattr(torch, amp_dtype))
+           if amp_dtype else suppress)
+    torch.manual_seed(0)
+    net = timm.create_model(model, num_classes=num_classes).to(dev).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch_size, 3, img_size, img_size, device=dev).contiguous(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch_size,), device=dev)
+
+    def train_step():
+        with amp():
+            loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+
+    fns: Dict[str, Callable[[], object]] = {'train step': train_step}
+    for mode in modes:
+        opts = dict((options or {}).get(mode, {}))
+        if mode == 'attentive' and not isinstance(opts.get('extractor'), torch.nn.Module):
+            opts['extractor'] = timm.create_model(opts.get('extractor') or 'resnet50', num_classes=0).to(dev).eval()
+            opts.pop('extractor_checkpoint', None)
+        mix = create_mix_fn(mode, model=net, num_classes=num_classes, device=dev, amp_autocast=amp,
+                            prob=opts.pop('prob', 1.0), data_config={'input_size': (3, img_size, img_size)}, **opts)
+        fns[mode] = functools.partial(mix, x, y)
+    cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
+    fns['timm Mixup (cutmix)'] = lambda: cutmix(x.clone(), y)
+
+    times = time_interleaved(fns, repeats, dev)
+    out = {k: {'seconds': v, 'ratio': v / times['train step']} for k, v in times.items()}
+    if dev.type == 'cuda':
+        def peak(fn):
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+            base = torch.cuda.memory_allocated(dev)
+            fn()
+            torch.cuda.synchronize(dev)
+            return torch.cuda.max_memory_allocated(dev) - base
+        step_peak = peak(train_step)
+        for k, fn in fns.items():
+            out[k]['peak_memory'] = peak(fn) / max(step_peak, 1)
+    return out
+
+
+def register(subparsers) -> None:
+    from .modes import MIX_MODES
+    p = subparsers.add_parser(
+        'bench', help="time each mix mode against a training step of your model on your device",
+        description=__doc__.split('\n\n')[1])
+    p.add_argument('--mode', default='all', metavar='MODE',
+                   help=f"{', '.join(MIX_MODES)}, 'all', or a comma-separated list (default: all)")
+    p.add_argument('--model', default='resnet50', help='timm model name (default: resnet50)')
+    p.add_argument('--img-size', type=int, default=224, help='square input size (default: 224)')
+    p.add_argument('--batch-size', type=int, default=16, help='batch size (default: 16)')
+    p.add_argument('--num-classes', type=int, default=200, help='classes (default: 200)')
+    p.add_argument('--device', default=None, help='torch device (default: cuda if available, else cpu)')
+    p.add_argument('--amp', default=None, choices=('bfloat16', 'float16'), help='autocast dtype (default: off)')
+    p.add_argument('--channels-last', action='store_true', help='channels-last model and batch')
+    p.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is shown (default: 5)')
+    p.add_argument('--set', action='append', default=[], metavar='MODE:KEY=VALUE',
+                   help="a mode option, e.g. --set snapmix:cam_scale=0.5 (repeatable)")
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> SystemExit:
+    return SystemExit(f"timm-camaug bench: {msg}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .factory import mode_options_from_strings
+    from .modes import MIX_MODES
+    modes = list(MIX_MODES) if args.mode == 'all' else [m.strip() for m in args.mode.split(',') if m.strip()]
+    unknown = [m for m in modes if m not in MIX_MODES]
+    if unknown or not modes:
+        raise _fail(f"unknown mode(s) {', '.join(unknown) or repr(args.mode)}; choose from {', '.join(MIX_MODES)} or 'all'")
+    for name, value in (('--img-size', args.img_size), ('--batch-size', args.batch_size),
+                        ('--num-classes', args.num_classes), ('--repeats', args.repeats)):
+        if value < 1:
+            raise _fail(f"{name} must be >= 1, got {value}")
+    per_mode: Dict[str, List[str]] = {}
+    for item in args.set:
+        mode, sep, kv = item.partition(':')
+        if not sep or mode not in modes:
+            raise _fail(f"--set {item!r}: expected MODE:KEY=VALUE with MODE one of {', '.join(modes)}")
+        per_mode.setdefault(mode, []).append(kv)
+    try:
+        options = {m: mode_options_from_strings(m, items) for m, items in per_mode.items()}
+        results = bench_modes(modes, model=args.model, img_size=args.img_size, batch_size=args.batch_size,
+                              num_classes=args.num_classes, device=args.device, amp_dtype=args.amp,
+                              channels_last=args.channels_last, repeats=args.repeats, options=options)
+    except (ValueError, RuntimeError) as e:
+        raise _fail(str(e)) from None
+    memory = any('peak_memory' in r for r in results.values())
+    print(f"{machine()}\n{args.model}, {args.img_size} px, batch {args.batch_size}"
+          f"{', ' + args.amp if args.amp else ''}{', channels-last' if args.channels_last else ''}: "
+          f"median of {args.repeats} interleaved repeats\n")
+    header = f"{'call':<22} {'ms':>10} {'/ train step':>13}" + (f" {'extra peak memory':>18}" if memory else '')
+    print(header)
+    for name, r in results.items():
+        line = f"{name:<22} {r['seconds'] * 1000:>10.1f} {r['ratio']:>13.3f}"
+        if memory:
+            line += f" {r['peak_memory'] * 100:>17.0f}%"
+        print(line)
+    return 0
