@@ -5,7 +5,8 @@ import torch
 
 from timm_camaug import MIX_MODES
 from timm_camaug.cli import main
-from timm_camaug.preview import _cell_boxes, guidance_overlays, parse_mode_options
+from timm_camaug.preview import _cell_boxes, checkpoint_num_classes, guidance_overlays, parse_mode_options, \
+    read_class_names
 
 
 def _png_size(path):
@@ -35,11 +36,37 @@ def test_preview_every_mode_on_real_photos(mode, offline_preview_deps, tmp_path,
     assert f'wrote {out}' in text
 
 
-def test_preview_real_model_labels_the_cat(offline_preview_deps, tmp_path, capsys):
-    assert main(['preview', '--mode', 'snapmix', '--output', str(tmp_path / 'p.png')]) == 0
+@pytest.mark.parametrize('mode', ['snapmix', 'gutout'])
+def test_preview_real_model_labels_the_cat_and_maps_it(mode, offline_preview_deps, tmp_path, capsys, monkeypatch):
+    """The map the preview draws over skimage's `chelsea` (the mode's own CAM: SnapMix's closed-form semantic
+    percent map, Gutout's Grad-CAM, with running statistics) lies on the cat's face. test_cam.py checks the
+    CAM engine on the cat pasted into texture mosaics; this is the preview's path on the photo itself."""
+    import timm_camaug.preview as preview
+    seen = {}
+    render = preview.render_preview
+
+    def spy(*a, **kw):
+        seen.update(labels=a[2], params=a[5])
+        return render(*a, **kw)
+    monkeypatch.setattr(preview, 'render_preview', spy)
+    assert main(['preview', '--mode', mode, '--output', str(tmp_path / 'p.png')]) == 0
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith('chelsea:'))
     # the offline EfficientNet-Lite0 names the cat with an ImageNet cat class (281-285) and its name
     assert any(f'({k})' in line for k in range(281, 286)) and 'cat' in line
+    params, labels = seen['params'], seen['labels']
+    if mode == 'snapmix':   # a pair of one label gets both weights summed, and says so
+        assert ('same label: weights summed' in line) == bool(labels[0] == labels[params.perm[0]])
+    cam = guidance_overlays(params, 4)[0].float()
+    assert tuple(cam.shape) == (224, 224)
+    # the face in the 224 centre crop: eyes (rows 64-112), nose and mouth (rows 165-200); outside it lie
+    # the forehead, the cheeks' edges and the chin. Chance share of the top 20 %: the face's area, 0.51.
+    face = torch.zeros(224, 224, dtype=torch.bool)
+    face[56:208, 40:208] = True
+    peak = divmod(int(cam.argmax()), 224)
+    assert bool(face[peak]), f'CAM peak at {peak}, off the face'
+    top = cam >= cam.flatten().quantile(0.8)
+    share = float((top & face).sum() / top.sum())
+    assert share > 0.85, f'only {share:.2f} of the top-20% of the map on the face (chance 0.51)'
 
 
 def test_preview_any_timm_model_with_a_checkpoint(tmp_path, capsys):
@@ -62,6 +89,71 @@ def test_preview_any_timm_model_with_a_checkpoint(tmp_path, capsys):
     text = capsys.readouterr().out
     assert 'img0.png: predicted class ' in text and 'mixed target: 1.00 x class ' in text
     _png_size(out)
+    # without --num-classes: the class count comes from the checkpoint's classifier weight; with
+    # --class-names: names instead of "class k"
+    names = tmp_path / 'names.txt'
+    names.write_text(''.join(f'bird {k}\n' for k in range(5)))
+    assert main(['preview', *files, '--mode', 'snapmix', '--model', 'test_resnet', '--checkpoint', str(ckpt),
+                 '--size', '64', '--output', str(out), '--class-names', str(names)]) == 0
+    text = capsys.readouterr().out
+    assert 'img0.png: predicted bird ' in text and 'class ' not in text
+    names.write_text('a\nb\n')
+    with pytest.raises(SystemExit, match=r"lists 2 class names, the model has 5 classes"):
+        main(['preview', *files, '--mode', 'gutout', '--model', 'test_resnet', '--checkpoint', str(ckpt),
+              '--size', '64', '--output', str(out), '--class-names', str(names)])
+
+
+@pytest.mark.parametrize('layout', ['bare', 'state_dict', 'state_dict_ema', 'module.'])
+def test_checkpoint_num_classes_from_the_classifier_weight(layout, tmp_path):
+    import timm
+    model = timm.create_model('test_resnet', num_classes=7)
+    sd = model.state_dict()
+    ckpt = {'bare': sd, 'state_dict': {'state_dict': sd, 'epoch': 2},
+            'state_dict_ema': {'state_dict': sd, 'state_dict_ema': sd},
+            'module.': {'state_dict': {'module.' + k: v for k, v in sd.items()}}}[layout]
+    torch.save(ckpt, tmp_path / 'c.pth')
+    assert checkpoint_num_classes('test_resnet', str(tmp_path / 'c.pth')) == 7
+    # a head-less checkpoint or an unreadable file: no answer (loading it reports the problem)
+    torch.save({k: v for k, v in sd.items() if not k.startswith('fc.')}, tmp_path / 'feat.pth')
+    assert checkpoint_num_classes('test_resnet', str(tmp_path / 'feat.pth')) is None
+    (tmp_path / 'bad.pth').write_bytes(b'not a checkpoint')
+    assert checkpoint_num_classes('test_resnet', str(tmp_path / 'bad.pth')) is None
+
+
+def test_read_class_names_formats(tmp_path):
+    import json
+    plain = tmp_path / 'names.txt'
+    plain.write_text('Black-footed Albatross\nLaysan Albatross\n')
+    assert read_class_names(str(plain)) == ['Black-footed Albatross', 'Laysan Albatross']
+    # timm-camaug prepare's class_map.txt (folder names) and classes.json (official names)
+    ds = tmp_path / 'cars'
+    ds.mkdir()
+    (ds / 'class_map.txt').write_text('000_AM_General_Hummer_SUV_2000\n001_Acura_RL_Sedan_2012\n')
+    assert read_class_names(str(ds / 'class_map.txt')) == ['AM General Hummer SUV 2000', 'Acura RL Sedan 2012']
+    assert read_class_names(str(ds)) == ['AM General Hummer SUV 2000', 'Acura RL Sedan 2012']
+    meta = {'dataset': 'Stanford Cars', 'classes': [
+        {'index': 1, 'folder': '001_Acura_RL_Sedan_2012', 'name': 'Acura RL Sedan 2012', 'train': 3, 'val': 1},
+        {'index': 0, 'folder': '000_AM_General_Hummer_SUV_2000', 'name': 'AM General Hummer SUV 2000',
+         'train': 2, 'val': 1}]}
+    (ds / 'classes.json').write_text(json.dumps(meta))
+    assert read_class_names(str(ds / 'classes.json')) == ['AM General Hummer SUV 2000', 'Acura RL Sedan 2012']
+    assert read_class_names(str(ds)) == ['AM General Hummer SUV 2000', 'Acura RL Sedan 2012']   # json first
+    (tmp_path / 'list.json').write_text('["x", "y"]')
+    assert read_class_names(str(tmp_path / 'list.json')) == ['x', 'y']
+    # a name that merely starts with digits is kept as it is
+    plain.write_text('001.Black_footed_Albatross\n002.Laysan_Albatross\n')
+    assert read_class_names(str(plain)) == ['001.Black_footed_Albatross', '002.Laysan_Albatross']
+    plain.write_text('a\n\nc\n')
+    with pytest.raises(SystemExit, match=r"class 1 has an empty name"):
+        read_class_names(str(plain))
+    with pytest.raises(SystemExit, match=r"--class-names file '.*nope\.txt' does not exist"):
+        read_class_names(str(tmp_path / 'nope.txt'))
+    (tmp_path / 'empty').mkdir()
+    with pytest.raises(SystemExit, match=r"a folder must hold classes\.json or class_map\.txt"):
+        read_class_names(str(tmp_path / 'empty'))
+    (tmp_path / 'bad.json').write_text('{"classes": [{"index": 0}]}')
+    with pytest.raises(SystemExit, match=r"expected timm-camaug prepare's classes\.json"):
+        read_class_names(str(tmp_path / 'bad.json'))
 
 
 def test_preview_errors(tmp_path):
@@ -150,3 +242,67 @@ def test_preview_cam_uses_running_statistics_unless_told(given, expected, offlin
     assert main(['preview', '--mode', 'snapmix', '--output', str(tmp_path / 'p.png'), '--size', '96',
                  *given]) == 0
     assert expected in seen['title']
+
+
+def test_render_preview_notes_same_label_pairs_and_draws_gutout_on_its_threshold_scale(tmp_path, monkeypatch):
+    """SnapMix's same-label rows say why their weight exceeds 1; Gutout's map is drawn as CAM / max on a
+    fixed 0-1 scale (not min-max), with the cut threshold's contour and value."""
+    pytest.importorskip('matplotlib')
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import colormaps
+    from matplotlib.axes import Axes
+    from timm_camaug.modes.gutout import GutoutParams
+    from timm_camaug.modes.snapmix import SnapMixParams
+    from timm_camaug.preview import _heat, render_preview
+    labels_seen, contours = [], []
+    set_xlabel, contour = Axes.set_xlabel, Axes.contour
+
+    def record_label(ax, text, **kw):
+        labels_seen.append(text)
+        return set_xlabel(ax, text, **kw)
+
+    def record_contour(ax, *a, **kw):
+        contours.append((a, kw))
+        return contour(ax, *a, **kw)
+    monkeypatch.setattr(Axes, 'set_xlabel', record_label)
+    monkeypatch.setattr(Axes, 'contour', record_contour)
+    n, h, w = 3, 32, 32
+    x = torch.rand(n, 3, h, w)
+    labels = torch.tensor([4, 4, 2])
+    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    box = torch.tensor([[0, 16, 0, 16]] * n)
+    half = torch.full((n,), 0.5, dtype=torch.float64)
+    snap = SnapMixParams(torch.ones(n, dtype=torch.bool), torch.tensor([1, 0, 2]), half, half, box, box,
+                         torch.full((n, h, w), 1.0 / (h * w)))
+    soft = torch.zeros(n, 5)
+    soft[0, 4], soft[1, 4], soft[2, 2] = 1.7, 1.9, 1.5
+    render_preview('snapmix', x, labels, x, soft, snap, mean, std, str(tmp_path / 's.png'))
+    results = [t for t in labels_seen if ' x class ' in t]
+    # rows 0 and 1 pair label 4 with label 4; row 2 is mixed with itself (one image of label 2)
+    assert len(results) == 3 and all('same label: weights summed' in t for t in results) and not contours
+    snap.perm = torch.tensor([2, 0, 1])
+    labels_seen.clear()
+    soft = torch.tensor([[0, 0, 0.3, 0, 0.7], [0, 0, 0, 0, 1.8], [0, 0, 0.6, 0, 0.4]])
+    render_preview('snapmix', x, labels, x, soft, snap, mean, std, str(tmp_path / 's.png'))
+    results = [t for t in labels_seen if ' x class ' in t]
+    assert ['same label' in t for t in results] == [False, True, False]
+    snap.spm[0] = float('nan')       # an empty map: area weights (adding up to 1), not summed
+    labels_seen.clear()
+    render_preview('snapmix', x, labels, x, soft, snap, mean, std, str(tmp_path / 's.png'))
+    assert not any('same label' in t for t in labels_seen)
+    # gutout: a CAM / max that peaks at 0.8 (a batch-normalised map), cut above t = 0.3 in rows 0 and 2
+    labels_seen.clear()
+    ramp = torch.linspace(0, 0.8, w)[None, None].expand(n, h, w).contiguous()
+    gut = GutoutParams(torch.tensor([True, False, True]), torch.tensor([0.3, 0.3, 0.5]), ramp)
+    render_preview('gutout', x, labels, x, torch.eye(5)[labels], gut, mean, std, str(tmp_path / 'g.png'))
+    maps = [t for t in labels_seen if t.startswith('CAM / max')]
+    assert 't = 0.30' in maps[0] and 'not cut' in maps[1] and 't = 0.50' in maps[2]
+    assert [kw['levels'] for _, kw in contours] == [[pytest.approx(0.3)], [0.5]]
+    # the colours are the map's own values: the cmap's colour of 0.8 at the peak, not of 1.0
+    jet = colormaps['jet']
+    img = torch.zeros(3, h, w)
+    shown = _heat(img, ramp[0], jet, scale='0-1')
+    assert torch.allclose(shown[:, 0, -1], 0.5 * torch.tensor(jet(0.8)[:3]).float(), atol=1e-6)
+    shown = _heat(img, ramp[0], jet)
+    assert torch.allclose(shown[:, 0, -1], 0.5 * torch.tensor(jet(1.0)[:3]).float(), atol=1e-6)

@@ -5,17 +5,22 @@ One row per image: the image with the class the model predicts for it, the map t
 Attentive CutMix's extractor cell map) over it, for mixing modes the partner image with the region taken
 from it, and the mixed or erased result with its boxes (or cut region) drawn and its label weights printed
 under it. Default images: scikit-image's bundled photos; default model: the offline ImageNet
-EfficientNet-Lite0 (both in the ``preview`` extra). ``--model NAME --checkpoint FILE`` takes any timm model.
+EfficientNet-Lite0 (both in the ``preview`` extra). ``--model NAME --checkpoint FILE`` takes any timm model
+(its class count read from the checkpoint's classifier), ``--class-names FILE`` names a fine-tuned model's
+classes (one per line, or the ``class_map.txt`` / ``classes.json`` that ``timm-camaug prepare`` writes).
 """
 import argparse
+import json
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ['DEFAULT_PHOTOS', 'load_images', 'guidance_overlays', 'render_preview', 'parse_mode_options',
-           'register', 'run']
+           'checkpoint_num_classes', 'read_class_names', 'register', 'run']
 
 DEFAULT_PHOTOS = ('chelsea', 'astronaut', 'coffee', 'rocket')
 _BOX_COLOURS = {'target': '#ffff00', 'source': '#00ffff'}
+_SAME_LABEL_NOTE = '(same label: weights summed,\nas the reference)'
+_MAX_NAME = 32      # longest class name printed (longer ones end in '...')
 
 
 def _fail(msg: str) -> 'SystemExit':
@@ -83,6 +88,78 @@ def parse_mode_options(mode: str, items: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
+def checkpoint_num_classes(name: str, checkpoint: str) -> Optional[int]:
+    """Classes of the head stored in ``checkpoint`` for timm model ``name``: the rows of its classifier weight
+    (the key of ``model.get_classifier()`` + ``.weight``, in a train.py checkpoint's ``state_dict_ema`` /
+    ``state_dict`` or a bare state dict). None when it cannot tell (no such key, unreadable file: loading
+    the checkpoint then reports the problem)."""
+    import timm
+    import torch
+    from timm.models import load_state_dict
+    try:
+        state = load_state_dict(checkpoint, use_ema=True)
+    except Exception:
+        return None
+    try:
+        with torch.device('meta'):      # the module names only: no memory, no initialisation
+            model = timm.create_model(name, pretrained=False)
+    except Exception:
+        model = timm.create_model(name, pretrained=False)
+    head = model.get_classifier()
+    head = head[0] if isinstance(head, (tuple, list)) else head
+    key = next((f'{n}.weight' for n, m in model.named_modules() if m is head and n), None)
+    weight = state.get(key) if key is not None else None
+    if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+        return None
+    return int(weight.shape[0])
+
+
+def read_class_names(path: str) -> List[str]:
+    """Class names in class-index order from ``path``: a text file with one name per line, ``timm-camaug
+    prepare``'s ``classes.json`` (official names) or ``class_map.txt`` (its ``<index>_<name>`` folders, shown
+    without the index), or a prepared dataset folder holding either."""
+    from .datasets.common import CLASS_MAP_FILE, CLASSES_FILE
+    if os.path.isdir(path):
+        found = [os.path.join(path, f) for f in (CLASSES_FILE, CLASS_MAP_FILE) if os.path.isfile(os.path.join(path, f))]
+        if not found:
+            raise _fail(f"--class-names {path!r}: a folder must hold {CLASSES_FILE} or {CLASS_MAP_FILE} "
+                        "(as timm-camaug prepare writes)")
+        path = found[0]
+    if not os.path.isfile(path):
+        raise _fail(f"--class-names file {path!r} does not exist")
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise _fail(f"cannot read --class-names file {path!r}: {e}") from None
+    if path.lower().endswith('.json'):
+        try:
+            meta = json.loads(text)
+            entries = meta['classes'] if isinstance(meta, dict) else meta
+            if not isinstance(entries, list):
+                raise TypeError(f'{type(entries).__name__} instead of a list')
+            if all(isinstance(e, dict) for e in entries):
+                entries = sorted(entries, key=lambda e: int(e['index']))
+                if [int(e['index']) for e in entries] != list(range(len(entries))):
+                    raise ValueError('the indices are not 0, 1, 2, ...')
+                entries = [e['name'] for e in entries]
+            names = [str(e).strip() for e in entries]
+        except (ValueError, KeyError, TypeError) as e:
+            raise _fail(f"--class-names {path!r}: expected timm-camaug prepare's {CLASSES_FILE} (a 'classes' list "
+                        f"of {{'index', 'name'}}) or a JSON list of names ({type(e).__name__}: {e})") from None
+    else:
+        names = [line.strip() for line in text.rstrip('\n').split('\n')] if text.strip() else []
+        width = len(names[0].split('_', 1)[0]) if names else 0
+        if names and width >= 3 and all(n.startswith(f'{i:0{width}d}_') for i, n in enumerate(names)):
+            # prepare's class_map.txt: folder names '<zero-padded index>_<safe name>'
+            names = [n.split('_', 1)[1].replace('_', ' ') for n in names]
+    if not names:
+        raise _fail(f"--class-names {path!r} lists no class names")
+    if any(not n for n in names):
+        raise _fail(f"--class-names {path!r}: class {names.index('')} has an empty name (one name per line)")
+    return names
+
+
 def _load_model(args: argparse.Namespace):
     """The classifier whose predictions label the photos (and whose CAM guides the CAM modes)."""
     if args.model is None:
@@ -93,16 +170,35 @@ def _load_model(args: argparse.Namespace):
             return pretrained_efficientnet_lite0(), 'efficientnet_lite0 (offline ImageNet weights)'
         except ImportError as e:
             raise _fail(f"{e}; or name a timm model and checkpoint with --model/--checkpoint") from None
+    import timm
     from .extractor import create_timm_model
-    kwargs = {} if args.num_classes is None else {'num_classes': args.num_classes}
+    num_classes, source = args.num_classes, ''
+    if num_classes is None and args.checkpoint and timm.is_model(args.model) and os.path.isfile(args.checkpoint):
+        num_classes = checkpoint_num_classes(args.model, args.checkpoint)
+        source = ' read from the checkpoint'
+    kwargs = {} if num_classes is None else {'num_classes': num_classes}
     try:
         model = create_timm_model(args.model, args.checkpoint, offline_hint='--checkpoint FILE', **kwargs)
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
-    return model.eval(), args.model + (f' ({os.path.basename(args.checkpoint)})' if args.checkpoint else '')
+    desc = [os.path.basename(args.checkpoint)] if args.checkpoint else []
+    if num_classes is not None:
+        desc.append(f'{num_classes} classes{source}')
+    return model.eval(), args.model + (f" ({', '.join(desc)})" if desc else '')
 
 
-def _class_names(num_classes: int):
+def _short(name: str) -> str:
+    return name if len(name) <= _MAX_NAME else name[:_MAX_NAME - 3].rstrip() + '...'
+
+
+def _class_names(num_classes: int, path: Optional[str] = None):
+    """Index -> printed class name: from ``path`` (``--class-names``), else ImageNet's for 1000 classes."""
+    if path is not None:
+        names = read_class_names(path)
+        if len(names) != num_classes:
+            raise _fail(f"--class-names {path!r} lists {len(names)} class names, the model has {num_classes} "
+                        "classes")
+        return lambda k: _short(names[int(k)])
     if num_classes != 1000:
         return None
     try:
@@ -148,17 +244,28 @@ def guidance_overlays(params, n: int):
     return None if maps is None else maps.float()
 
 
-def _heat(img, m, cmap):
-    """Image (3, H, W) in [0, 1] blended with map ``m`` (any size; nearest-resized) through a colour map."""
-    import torch
+def _at_image_size(m, hw):
+    """Map ``m`` (h, w) as a CPU float map of size ``hw`` (nearest-resized: each map cell stays visible)."""
     import torch.nn.functional as F
+    m = m.float().cpu()
+    if tuple(m.shape) != tuple(hw):
+        m = F.interpolate(m[None, None], size=tuple(hw), mode='nearest')[0, 0]
+    return m
+
+
+def _heat(img, m, cmap, scale: str = 'min-max'):
+    """Image (3, H, W) in [0, 1] blended with map ``m`` (any size; nearest-resized) through a colour map:
+    the map min-max normalised (``scale='min-max'``), or its values as they are, clipped to [0, 1]
+    (``'0-1'``: a map already divided by its maximum keeps the scale its threshold applies to)."""
+    import torch
     if m is None or bool(torch.isnan(m).all()):
         return img
-    m = m.float().cpu()
-    if tuple(m.shape) != tuple(img.shape[-2:]):
-        m = F.interpolate(m[None, None], size=img.shape[-2:], mode='nearest')[0, 0]
-    lo, hi = m.min(), m.max()
-    m = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
+    m = _at_image_size(m, img.shape[-2:])
+    if scale == '0-1':
+        m = m.clamp(0, 1)
+    else:
+        lo, hi = m.min(), m.max()
+        m = (m - lo) / (hi - lo) if hi > lo else torch.zeros_like(m)
     rgb = torch.from_numpy(cmap(m.numpy())[..., :3]).permute(2, 0, 1).float()
     return 0.5 * img + 0.5 * rgb
 
@@ -216,6 +323,20 @@ def _regions(mode: str, params, n: int, hw) -> Tuple[List[Any], List[Any], Optio
     raise TypeError(f"no regions for {type(params).__name__}")
 
 
+def _same_label(params, labels, n: int) -> List[bool]:
+    """Per row: SnapMix mixed the image with one of its own label, so both label weights became w_a + w_b
+    (the reference's rule) and the row's single weight is their sum (up to 4). Rows whose maps were empty
+    (NaN: area weights instead, which add up to 1) are not flagged."""
+    import torch
+    from .modes.snapmix import SnapMixParams
+    if not isinstance(params, SnapMixParams) or params.spm is None:
+        return [False] * n
+    active, perm, labels = params.active.cpu(), params.perm.cpu(), labels.cpu()
+    has_map = ~torch.isnan(params.spm.detach().float().cpu()).flatten(1).any(1)
+    return [bool(active[i] and has_map[i] and has_map[perm[i]]) and int(labels[i]) == int(labels[perm[i]])
+            for i in range(n)]
+
+
 def _weights_text(soft_row, names, limit: int = 3) -> str:
     import torch
     vals, idx = torch.sort(soft_row.cpu(), descending=True)
@@ -241,6 +362,9 @@ def render_preview(mode: str, x, labels, x_mixed, soft, params, mean, std, outpu
     outs = denormalize(x_mixed.detach().cpu(), mean, std).clamp(0, 1)
     maps = guidance_overlays(params, n)
     result_boxes, source_boxes, cut = _regions(mode, params, n, (h, w))
+    same = _same_label(params, labels, n)
+    gutout = mode == 'gutout' and maps is not None
+    active = params.active.cpu()
     colour_map = colormaps[cmap]
     to8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
     cols = 4 if mixing else 3
@@ -249,14 +373,26 @@ def render_preview(mode: str, x, labels, x_mixed, soft, params, mean, std, outpu
         headers = [headers[0], headers[1], 'result (label unchanged)']
     fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.9 * n), squeeze=False)
     for i in range(n):
-        tiles, texts = [], []
+        tiles, texts, contours = [], [], {}
         tiles.append(to8(imgs[i]))
         texts.append(f"{image_names[i] if image_names else f'image {i}'}\n{_label(int(labels[i]), names)}")
         m = None if maps is None else maps[i]
-        tiles.append(to8(_heat(imgs[i], m, colour_map)))
-        texts.append('no map for this image' if m is None or bool(torch.isnan(m.float()).all()) else
-                     {'snapmix': 'semantic percent map', 'gutout': 'CAM / max', 'cam-erase': 'CAM, min-max',
-                      'saliencymix': 'saliency map', 'attentive': 'extractor cell map'}.get(mode, 'map'))
+        no_map = m is None or bool(torch.isnan(m.float()).all())
+        # gutout cuts where CAM / max > t: show that map on a fixed 0-1 scale with the threshold's contour
+        tiles.append(to8(_heat(imgs[i], m, colour_map, scale='0-1' if gutout else 'min-max')))
+        if no_map:
+            texts.append('no map for this image')
+        elif gutout:
+            t = float(params.threshold[i])
+            texts.append(f"CAM / max, colours 0-1\nwhite line: cut threshold t = {t:.2f}" if active[i] else
+                         "CAM / max, colours 0-1\n(not cut: prob < 1)")
+            if active[i]:
+                level = _at_image_size(m, (h, w))
+                if float(level.min()) < t < float(level.max()):
+                    contours[len(tiles) - 1] = (level.numpy(), t)
+        else:
+            texts.append({'snapmix': 'semantic percent map', 'cam-erase': 'CAM, min-max',
+                          'saliencymix': 'saliency map', 'attentive': 'extractor cell map'}.get(mode, 'map'))
         if mixing:
             j = int(perm[i])
             tiles.append(_draw_boxes(to8(imgs[j]), source_boxes[i], _BOX_COLOURS['source']))
@@ -266,10 +402,13 @@ def render_preview(mode: str, x, labels, x_mixed, soft, params, mean, std, outpu
             res = draw_segmentation_masks(res, cut[i], alpha=0.3, colors='#ff00ff')   # cut pixels, tinted
         res = _draw_boxes(res, result_boxes[i], _BOX_COLOURS['target'])
         tiles.append(res)
-        texts.append(_weights_text(soft[i], names))
+        texts.append(_weights_text(soft[i], names) + (f'\n{_SAME_LABEL_NOTE}' if same[i] else ''))
         for c, (tile, text) in enumerate(zip(tiles, texts)):
             ax = axes[i, c]
             ax.imshow(tile.permute(1, 2, 0).numpy(), interpolation='nearest')
+            if c in contours:
+                level_map, t = contours[c]
+                ax.contour(level_map, levels=[t], colors='white', linewidths=1.5)
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(text, fontsize=9)
@@ -299,7 +438,11 @@ def register(subparsers) -> None:
     p.add_argument('--output', '-o', required=True, metavar='FILE.png', help='PNG file to write')
     p.add_argument('--model', default=None, help='timm model name (default: offline ImageNet efficientnet_lite0)')
     p.add_argument('--checkpoint', default=None, metavar='FILE', help="local weights of --model (else the hub's)")
-    p.add_argument('--num-classes', type=int, default=None, help="classes of --checkpoint's head if not 1000")
+    p.add_argument('--num-classes', type=int, default=None,
+                   help="classes of --checkpoint's head (default: read from the checkpoint's classifier weight)")
+    p.add_argument('--class-names', default=None, metavar='FILE',
+                   help='class names, one per line in class-index order, or the class_map.txt / classes.json that '
+                        "timm-camaug prepare writes (or its dataset folder); default: ImageNet's for 1000 classes")
     p.add_argument('--size', type=int, default=224, help='square image size fed to the model (default: 224)')
     p.add_argument('--seed', type=int, default=0, help='seed of the mode\'s random draws (default: 0)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
@@ -334,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         labels = model(x).argmax(1)
     k = int(getattr(model, 'num_classes', 0) or 0)
-    names = _class_names(k)
+    names = _class_names(k, args.class_names)
     if args.mode == 'attentive' and 'extractor' not in options:
         if args.model is None:
             options['extractor'] = model
@@ -362,8 +505,10 @@ def run(args: argparse.Namespace) -> int:
     title = f"{args.mode} on {model_desc}; seed {args.seed}\n{mix_fn!r}"
     render_preview(args.mode, x, labels, x_mixed, soft, params, mix_fn.mean, mix_fn.std, args.output,
                    names=names, image_names=image_names, title=title, cmap=args.cmap)
+    same = _same_label(params, labels, len(images))
+    note = ' ' + _SAME_LABEL_NOTE.replace('\n', ' ')
     for i in range(len(images)):
         print(f"{image_names[i]}: predicted {_label(int(labels[i]), names)}; mixed target: "
-              f"{_weights_text(soft[i], names).replace(chr(10), ' + ')}")
+              f"{_weights_text(soft[i], names).replace(chr(10), ' + ')}{note if same[i] else ''}")
     print(f"wrote {args.output}")
     return 0
