@@ -59,33 +59,11 @@ def load_images(paths: Sequence[str], size: int):
 
 def parse_mode_options(mode: str, items: Sequence[str]) -> Dict[str, Any]:
     """``KEY=VALUE`` strings -> keyword options of ``mode``, typed as the mode's train.py flags are."""
-    from .modes import get_mode_class
-    cls = get_mode_class(mode)
-    options = {o.name: o for o in cls.options}
-    out: Dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        key = key.strip().replace('-', '_')
-        if not sep:
-            raise _fail(f"--set {item!r}: expected KEY=VALUE")
-        if key == 'prob':
-            out[key] = float(value)
-            continue
-        if key not in options:
-            raise _fail(f"--set {key}: {mode} has no such option; its options are "
-                        f"{', '.join(['prob'] + sorted(options))}")
-        opt = options[key]
-        if value.lower() in ('none', 'null') and opt.default is None:
-            out[key] = None
-            continue
-        t = opt.parse_type()
-        try:
-            out[key] = (value.lower() in ('1', 'true', 'yes', 'on')) if t is bool else t(value)
-        except (TypeError, ValueError) as e:
-            raise _fail(f"--set {key}={value}: {e}") from None
-        if opt.choices is not None and out[key] not in opt.choices:
-            raise _fail(f"--set {key}={value}: choose one of {', '.join(map(str, opt.choices))}")
-    return out
+    from .factory import mode_options_from_strings
+    try:
+        return mode_options_from_strings(mode, items)
+    except ValueError as e:
+        raise _fail(str(e)) from None
 
 
 def checkpoint_num_classes(name: str, checkpoint: str) -> Optional[int]:
