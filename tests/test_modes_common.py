@@ -277,6 +277,27 @@ def test_bad_batches(mode, extractor):
         mix(x.to(torch.uint8), y)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (host-device synchronisation)')
+@pytest.mark.parametrize('mode', MIX_MODES)
+def test_no_host_device_synchronisation_on_cuda(mode, extractor):
+    """A call queues its work on the GPU and returns: no .item(), no blocking copy, no data-dependent shape."""
+    dev = torch.device('cuda')
+    model = _model().to(dev)
+    mix = create_mix_fn(mode, model=model, num_classes=K, generator=torch.Generator().manual_seed(0), device=dev,
+                        data_config={'input_size': (3, 64, 64)}, prob=1.0,
+                        **({'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}))
+    x, y = (t.to(dev) for t in batch())
+    mix(x, y)                                   # first call: lazy set-up may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        xm, t = mix(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert xm.device.type == 'cuda' and t.device.type == 'cuda'
+    assert torch.isfinite(xm).all() and torch.isfinite(t).all()
+
+
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_no_memory_growth(mode, extractor):
     mix = build(mode, _model(), extractor)
