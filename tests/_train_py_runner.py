@@ -1,18 +1,25 @@
 """ Run several timm train.py invocations in one process (imports paid once) and record what happened.
 
 Used by tests/test_train_py.py: ``python _train_py_runner.py PLAN.json``. PLAN holds ``runs`` (each: ``id``,
-``script``, ``argv``, ``cwd``) and ``result`` (where the JSON results go). Each run executes the script as
-``__main__`` with its argv; its log and stdout go to ``<cwd>/<id>.log``.
+``script``, ``argv``, ``cwd``), ``result`` (where the JSON results go), and optionally ``threads`` (torch's
+CPU threads) and ``sys_path``: folders put first on ``sys.path`` before anything imports timm, as
+``python train.py`` puts the script's folder there (a checkout's own ``timm/`` package beside its train.py).
+Each run executes the script as ``__main__`` with its argv; its log and stdout go to ``<cwd>/<id>.log``; the
+results record which timm each run imported.
 
 Probes (test instrumentation, not part of the plugin):
 - the mix function a patched train.py builds is wrapped: every call records whether the parameters'
   ``.grad`` (accumulated micro-batches), parameters, buffers and training flags were left exactly as they
   were, the input's shape, whether the batch changed, the soft target's range, the epoch and
-  ``mixup_enabled``; creation records what train.py passed as ``model`` and what the mode holds;
+  ``mixup_enabled``; creation records what train.py passed as ``model`` (its class, and whether it is a
+  wrapper such as torch.compile's OptimizedModule holding the plain module), what the mode holds, the
+  mode's ``amp_autocast`` (train.py's ``functools.partial(torch.autocast, device_type=..., dtype=...)``:
+  its keywords), whether the first conv weight is channels-last and whether a DropPath has drop_prob > 0;
 - each timm/torch loss class's ``forward`` records its class when called with gradients enabled (the
   training loss; validation runs without).
 """
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -99,17 +106,47 @@ class ProbeMix:
         return out, soft
 
 
+def _autocast_info(amp_autocast):
+    """train.py's amp_autocast: ``contextlib.suppress`` (no --amp) or partial(torch.autocast, **keywords)."""
+    if isinstance(amp_autocast, functools.partial):
+        return {'func': getattr(amp_autocast.func, '__name__', repr(amp_autocast.func)),
+                'is_torch_autocast': amp_autocast.func is torch.autocast,
+                'device_type': str(amp_autocast.keywords.get('device_type')),
+                'dtype': str(amp_autocast.keywords.get('dtype'))}
+    return {'func': getattr(amp_autocast, '__name__', repr(amp_autocast)), 'is_torch_autocast': False,
+            'device_type': None, 'dtype': None}
+
+
+def _first_conv_channels_last(module):
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv is not None and conv.weight.dim() == 4 and conv.weight.shape[1] > 1 \
+        and conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+
+
+def _drop_path_active(module):
+    return any(type(m).__name__ == 'DropPath' and float(getattr(m, 'drop_prob', 0) or 0) > 0
+               for m in module.modules())
+
+
 def install_probes():
     import timm.loss
     import timm_camaug.train_glue as glue
     create = glue.create_train_mix_fn
 
-    def probing_create(args, model, *a, **kw):
-        mix_fn = create(args, model, *a, **kw)
+    def probing_create(args, model, data_config=None, amp_autocast=None, device=None):
+        mix_fn = create(args, model, data_config, amp_autocast, device)
         module = glue.training_module(model)
+        mode_autocast = getattr(mix_fn, 'amp_autocast', amp_autocast)
         _record('created', {
             'given': type(model).__name__,
+            'given_is_wrapper': model is not module,
+            'given_holds_module': getattr(model, '_orig_mod', getattr(model, 'module', None)) is module,
             'module': type(module).__name__,
+            'autocast_given': _autocast_info(amp_autocast),
+            'autocast': _autocast_info(mode_autocast),
+            'autocast_is_train_py_s': mode_autocast is amp_autocast,
+            'channels_last': _first_conv_channels_last(module),
+            'drop_path': _drop_path_active(module),
             'mode': type(mix_fn).__name__,
             'mode_model': type(getattr(mix_fn, 'model', module)).__name__,
             'holds_training_module': getattr(mix_fn, 'model', module) is module,
@@ -159,6 +196,9 @@ def run_one(run):
             for h in list(root.handlers):
                 root.removeHandler(h)
     RESULTS[run['id']]['seconds'] = round(time.time() - t0, 2)
+    timm = sys.modules.get('timm')     # the timm the run imported (installed, or a checkout's own)
+    RESULTS[run['id']]['timm'] = {'version': getattr(timm, '__version__', None),
+                                  'dir': os.path.dirname(os.path.dirname(getattr(timm, '__file__', '') or ''))}
     RESULTS[run['id']]['log'] = log_path
     CURRENT['run'] = None
 
@@ -166,7 +206,9 @@ def run_one(run):
 def main(plan_path):
     with open(plan_path) as f:
         plan = json.load(f)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(int(plan.get('threads', 0)) or max(1, min(2, os.cpu_count() or 1)))
+    for folder in reversed(plan.get('sys_path', [])):
+        sys.path.insert(0, folder)
     install_probes()
     for run in plan['runs']:
         run_one(run)

@@ -4,7 +4,8 @@ Stock train.py cannot run DDP on CPU (it passes ``device_ids`` for a CPU module)
 step itself: the mix function built by the patch's glue from a DDP-wrapped model, then forward/backward with
 ``no_sync`` on the accumulation micro-steps and an optimiser step, as train_one_epoch does. Each rank draws its
 own batches and mixes; the replicas' parameters must stay identical, the mix must leave each rank's
-accumulated gradients bit-for-bit as they were, and nothing may raise.
+accumulated gradients, parameters, buffers (BatchNorm running statistics) and modules' training flags
+bit-for-bit as they were, and nothing may raise.
 """
 import argparse
 import os
@@ -27,8 +28,15 @@ def _grads(model):
 
 
 def _same(a, b):
-    return all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
-               for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y)) for x, y in zip(a, b))
+
+
+def _state(ddp):
+    """Everything of the DDP-wrapped model a mix must leave alone: parameters, named buffers, training flags."""
+    return ([p.detach().clone() for p in ddp.parameters()],
+            {n: b.detach().clone() for n, b in ddp.named_buffers()},
+            [(n, m.training) for n, m in ddp.named_modules()])
 
 
 def _worker(rank, init_file, checkpoint, result_dir):
@@ -59,8 +67,9 @@ def _worker(rank, init_file, checkpoint, result_dir):
             args = parser.parse_args(argv)
             args.num_classes, args.smoothing, args.epochs, args.rank = K, 0.1, 1, rank
             mix_fn = create_train_mix_fn(args, ddp, data_config={'input_size': (3, 48, 48)}, device='cpu')
-            if isinstance(mix_fn, CamGuidedMode):
-                assert mix_fn.model is model, 'the mix function must hold the unwrapped module'
+            problems = []       # recorded, not raised: one rank raising would leave the other in all_gather
+            if isinstance(mix_fn, CamGuidedMode) and mix_fn.model is not model:
+                problems.append('the mix function must hold the unwrapped module')
             mix_fn.set_epoch(0)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
             loss_fn = SoftTargetCrossEntropy()
@@ -68,13 +77,24 @@ def _worker(rank, init_file, checkpoint, result_dir):
             torch.manual_seed(2000 + rank)                      # ... and its own mixes
             ddp.train()
             opt.zero_grad()
-            accum_checked = 0
+            accum_checked = buffers_checked = 0
             for step in range(STEPS):
                 x = torch.randn(4, 3, 48, 48, generator=g)
                 y = torch.randint(0, K, (4,), generator=g)
-                before = _grads(model)
+                before, (params, buffers, flags) = _grads(model), _state(ddp)
                 x, target = mix_fn(x, y)
-                assert _same(before, _grads(model)), f'{mode}: the mix changed the accumulated gradients'
+                params2, buffers2, flags2 = _state(ddp)
+                if not _same(before, _grads(model)):
+                    problems.append(f'step {step}: the mix changed the accumulated gradients')
+                if not _same(params, params2):
+                    problems.append(f'step {step}: the mix changed the parameters')
+                if buffers.keys() != buffers2.keys() or not _same(list(buffers.values()), list(buffers2.values())):
+                    changed = [n for n in buffers if n not in buffers2 or not torch.equal(buffers[n], buffers2[n])]
+                    problems.append(f'step {step}: the mix changed buffers {changed[:5]}')
+                if flags != flags2:
+                    problems.append(f'step {step}: the mix changed training flags '
+                                    f'{[a for a, b in zip(flags, flags2) if a != b][:5]}')
+                buffers_checked += len(buffers) > 0
                 accum_checked += any(b is not None for b in before)
                 need_update = (step + 1) % ACCUM == 0
                 with (nullcontext() if need_update else ddp.no_sync()):
@@ -86,7 +106,8 @@ def _worker(rank, init_file, checkpoint, result_dir):
             flat = torch.cat([p.detach().flatten() for p in model.parameters()])
             gathered = [torch.empty_like(flat) for _ in range(WORLD)]
             dist.all_gather(gathered, flat)
-            report.append((mode, torch.equal(gathered[0], gathered[1]), accum_checked, float(loss)))
+            report.append((mode, torch.equal(gathered[0], gathered[1]), accum_checked, buffers_checked, float(loss),
+                           problems))
     finally:
         dist.destroy_process_group()
     torch.save(report, os.path.join(result_dir, f'rank{rank}.pt'))
@@ -102,7 +123,9 @@ def test_ddp_training_step_two_cpu_processes(tmp_path):
     reports = [torch.load(tmp_path / f'rank{r}.pt') for r in range(WORLD)]
     for report in reports:
         assert [m for m, *_ in report] == list(MIX_MODES)
-        for mode, identical, accum_checked, loss in report:
+        for mode, identical, accum_checked, buffers_checked, loss, problems in report:
+            assert not problems, f'{mode}: {problems}'
             assert identical, f'{mode}: the replicas diverged'
             assert accum_checked == STEPS // ACCUM, f'{mode}: no mix ran on accumulated gradients'
+            assert buffers_checked == STEPS, f'{mode}: the buffers were not compared at every step'
             assert loss == loss and loss > 0, mode

@@ -197,6 +197,28 @@ def test_only_the_selected_modes_options_are_checked():
     assert parser.parse_args(['--mix-mode', 'gutout', '--snapmix-beta', '-1']).snapmix_beta == -1
 
 
+def test_boolean_flag_values(capsys):
+    """A boolean option's flag takes 1/true/yes/on or 0/false/no/off; any other word is an error, not False."""
+    from timm_camaug.args import _flag_type, parse_bool
+    from timm_camaug.modes.base import Option
+    flag_type = _flag_type(Option('flag', False, 'a boolean option', bool))
+    assert flag_type is parse_bool
+    for value in ('1', 'true', 'True', 'YES', 'on'):
+        assert parse_bool(value) is True
+    for value in ('0', 'false', 'False', 'no', 'OFF'):
+        assert parse_bool(value) is False
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--x-flag', type=flag_type, default=False)
+    assert parser.parse_args(['--x-flag', 'yes']).x_flag is True
+    for value in ('maybe', '', '2', 'nope'):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"expected a boolean .*, got {value!r}"):
+            parse_bool(value)
+        with pytest.raises(SystemExit):
+            parser.parse_args(['--x-flag', value])
+        assert f"argument --x-flag: expected a boolean (1/true/yes/on or 0/false/no/off), got {value!r}" \
+            in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('value,why', [('2', "must be in (0, 1], got '2'"), ('nan', "must be in (0, 1], got 'nan'"),
                                        ('half', "expected a number in (0, 1], got 'half'")])
 def test_cam_scale_flag_error_names_the_flag(value, why, capsys):

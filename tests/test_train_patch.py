@@ -4,9 +4,11 @@ The fixture holds the anchor lines the patch looks for and just enough code arou
 not timm's train.py (tests/test_train_py.py patches the real releases when TIMM_TRAIN_PY is set).
 """
 import difflib
+import errno
 import os
 import re
 import runpy
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -185,6 +187,7 @@ def test_missing_anchor_is_named_and_nothing_is_written(tmp_path, part, capsys):
     assert run_cli(p) == 2
     err = capsys.readouterr().err
     assert f'anchor {part} not found' in err and 'The file was not changed' in err
+    assert 'see patches/ in the timm-camaug source repository' in err
     assert p.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ['train.py']       # no temporary or backup file left behind
 
@@ -254,13 +257,64 @@ def test_failed_write_leaves_the_original(tmp_path, monkeypatch):
     p = write(tmp_path, FIXTURE)
 
     def broken_replace(src, dst):
-        raise OSError('disk full')
+        raise OSError(errno.ENOSPC, 'No space left on device')
 
     monkeypatch.setattr(os, 'replace', broken_replace)
-    with pytest.raises(OSError, match='disk full'):
+    with pytest.raises(PatchError, match=rf'cannot write {re.escape(str(p))}: No space left on device; '
+                                         r'the file was not changed') as e:
         patch_file(p)
+    assert isinstance(e.value.__cause__, OSError)
     assert p.read_text() == FIXTURE
     assert os.listdir(tmp_path) == ['train.py']
+
+
+def _fail_with(exc):
+    def broken(*a, **kw):
+        raise exc
+    return broken
+
+
+@pytest.mark.parametrize('where', ['mkstemp', 'fsync', 'replace'])
+@pytest.mark.parametrize('action', ['patch', 'revert'])
+def test_cli_unwritable_file_is_a_clear_error(tmp_path, monkeypatch, capsys, where, action):
+    """No permission / disk full at any step of the atomic write: rc 2, one line, the file as it was."""
+    text = FIXTURE if action == 'patch' else patch_text(FIXTURE)
+    p = write(tmp_path, text)
+    exc = {'mkstemp': PermissionError(errno.EACCES, 'Permission denied', str(tmp_path)),
+           'fsync': OSError(errno.ENOSPC, 'No space left on device'),
+           'replace': PermissionError(errno.EACCES, 'Permission denied')}[where]
+    if where == 'mkstemp':
+        monkeypatch.setattr(tempfile, 'mkstemp', _fail_with(exc))
+    else:
+        monkeypatch.setattr(os, where, _fail_with(exc))
+    assert run_cli(*(['--revert'] if action == 'revert' else []), p) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f'timm-camaug patch: error: cannot write {p}: {exc.strerror}; the file was not changed\n'
+    assert captured.out == ''
+    assert p.read_bytes() == text.encode()
+    assert os.listdir(tmp_path) == ['train.py']       # no temporary file left behind
+
+
+def test_cli_unwritable_file_with_backup_leaves_no_backup(tmp_path, monkeypatch, capsys):
+    p = write(tmp_path, FIXTURE)
+    monkeypatch.setattr(tempfile, 'mkstemp', _fail_with(PermissionError(errno.EACCES, 'Permission denied')))
+    assert run_cli('--backup', p) == 2
+    assert 'cannot write' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ['train.py']       # the next --backup is not blocked by a stale .orig
+    monkeypatch.undo()
+    assert run_cli('--backup', p) == 0
+    assert (tmp_path / 'train.py.orig').read_bytes() == FIXTURE.encode()
+
+
+@pytest.mark.parametrize('option', [None, '--check', '--diff', '--revert'])
+def test_cli_unreadable_file_is_a_clear_error(tmp_path, monkeypatch, capsys, option):
+    p = write(tmp_path, FIXTURE)
+    monkeypatch.setattr(Path, 'read_bytes', _fail_with(PermissionError(errno.EACCES, 'Permission denied', str(p))))
+    assert run_cli(*([option] if option else []), p) == 2
+    captured = capsys.readouterr()
+    assert captured.err == f'timm-camaug patch: error: cannot read {p}: Permission denied; the file was not changed\n'
+    monkeypatch.undo()
+    assert p.read_bytes() == FIXTURE.encode()
 
 
 # --- the command
@@ -310,6 +364,8 @@ def test_cli_accepts_a_checkout_directory_and_warns_on_another_timm_release(tmp_
     assert run_cli(tmp_path) == 0
     captured = capsys.readouterr()
     assert 'warning:' in captured.err and 'belongs to timm 0.0.1' in captured.err
+    # python puts the script's directory first on sys.path: train.py imports the timm/ beside it
+    assert 'imports the timm/ package beside it, i.e. timm 0.0.1' in captured.err and 'sys.path' in captured.err
     assert inspect_text(p.read_text())[0].state == 'applied'
 
 
@@ -336,6 +392,15 @@ def test_cli_diff_changes_nothing(tmp_path, capsys):
     assert out.startswith('--- a/train.py\n+++ b/train.py\n')
     assert out == unified_diff(FIXTURE, patch_text(FIXTURE))
     assert p.read_text() == FIXTURE
+
+
+def test_cli_diff_of_a_patched_file_says_so(tmp_path, capsys):
+    p = write(tmp_path, patch_text(FIXTURE))
+    assert run_cli('--diff', p) == 0
+    captured = capsys.readouterr()
+    assert captured.out == ''                          # stdout stays an (empty) diff
+    assert captured.err == f'{p} is already patched; no diff to show\n'
+    assert p.read_text() == patch_text(FIXTURE)
 
 
 def test_cli_follows_a_symlink(tmp_path):

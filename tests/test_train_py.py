@@ -4,12 +4,15 @@ Needs timm's train.py, which is not in the timm wheel: set TIMM_TRAIN_PY to a tr
 timm git repository (a bare git directory or a checkout), from which the tests take train.py of
 v1.0.20, v1.0.24, v1.0.28 and the default branch (`git show <ref>:train.py`). Without it these tests skip.
 
-The runs (a 64 px generated ImageFolder, timm's tiny `test_resnet`, one short epoch each) all execute in
+The runs (a 64 px generated ImageFolder, timm's tiny `test_resnet`, one short epoch each) execute in
 one subprocess (tests/_train_py_runner.py) so that torch and timm are imported once; the runner wraps the
 mix function to record, at every call, that the accumulated gradients, parameters, buffers and training
-flags are exactly as before, and records the training loss class.
+flags are exactly as before, and records the training loss class. From a git directory, each release's
+`ema-accum-<release>` run is made as in a real checkout instead: the release's own `timm/` package
+(`git archive <ref> timm`) beside its patched train.py, first on sys.path, one subprocess per release.
 """
 import csv
+import io
 import json
 import os
 import re
@@ -17,6 +20,7 @@ import runpy
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -48,6 +52,30 @@ def _git_dir(p: Path):
     return None
 
 
+def _ref(release):
+    return 'HEAD' if release == 'main' else release
+
+
+def source_git_dir():
+    """The git directory TIMM_TRAIN_PY names (None for a train.py file or when unset)."""
+    value = os.environ.get(ENV)
+    return _git_dir(Path(value)) if value and Path(value).is_dir() else None
+
+
+def make_checkout(git_dir: Path, release: str, train_py: Path, dest: Path) -> Path:
+    """``dest`` laid out as a checkout of ``release``: ``train_py`` and the release's own ``timm/`` package."""
+    res = subprocess.run(['git', f'--git-dir={git_dir}', 'archive', '--format=tar', _ref(release), 'timm'],
+                         capture_output=True, check=True)
+    dest.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(res.stdout)) as tar:
+        if hasattr(tarfile, 'data_filter'):
+            tar.extractall(dest, filter='data')
+        else:   # Python < 3.11.4: git archive of a path yields plain files and folders
+            tar.extractall(dest)
+    shutil.copyfile(train_py, dest / 'train.py')
+    return dest / 'train.py'
+
+
 def train_py_sources(dest: Path):
     """{release: stock train.py} from TIMM_TRAIN_PY, or skip."""
     value = os.environ.get(ENV)
@@ -61,8 +89,8 @@ def train_py_sources(dest: Path):
         pytest.fail(f'{ENV}={value} is neither a train.py file nor a git directory')
     out = {}
     for release in RELEASES:
-        ref = 'HEAD' if release == 'main' else release
-        res = subprocess.run(['git', f'--git-dir={git_dir}', 'show', f'{ref}:train.py'], capture_output=True)
+        res = subprocess.run(['git', f'--git-dir={git_dir}', 'show', f'{_ref(release)}:train.py'],
+                             capture_output=True)
         if res.returncode == 0:
             (dest / release).mkdir(parents=True, exist_ok=True)
             (dest / release / 'train.py').write_bytes(res.stdout)
@@ -168,6 +196,7 @@ def test_config_parses_with_every_release(config, train_modules, monkeypatch):
 INCOMPATIBLE = [
     (['--mixup', '0.2'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
     (['--cutmix', '1.0'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
+    (['--cutmix-minmax', '0.2', '0.8'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
     (['--naflex-loader'], 'the NaFlex loader yields patch sequences'),
     (['--aug-splits', '2'], 'cannot be combined with AugMix splits'),
     (['--aug-splits', '3', '--jsd-loss'], 'cannot be combined with AugMix splits'),
@@ -184,6 +213,29 @@ def test_incompatible_flags_stop_at_start_up(extra, message, sources, train_modu
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert 'error:' in err and message in err
+
+
+@pytest.mark.parametrize('config,argv', [
+    ({'mixup': 0.3}, ['--mix-mode', 'snapmix']),            # the mode on the command line, mixup from the file
+    ({'mix_mode': 'snapmix', 'mixup': 0.3}, []),             # both from the file
+    ({'mix_mode': 'gutout'}, ['--mixup', '0.3']),            # the mode from the file, mixup on the command line
+], ids=['mixup-in-config', 'both-in-config', 'mode-in-config'])
+def test_incompatible_config_file_stops_at_start_up(config, argv, sources, train_modules, monkeypatch, capsys,
+                                                    tmp_path):
+    """A --config YAML reaches the check like flags do (its values become the parser's defaults)."""
+    module = train_modules[feature_release(sources)]
+    cfg = tmp_path / 'bad.yaml'
+    cfg.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit) as e:
+        _parse(module, monkeypatch, ['--config', str(cfg), *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert 'error:' in err and "replaces timm's --mixup/--cutmix/--cutmix-minmax" in err
+    # the same file without mixup parses
+    cfg.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != 'mixup'}))
+    mode = config.get('mix_mode', 'snapmix')
+    assert _parse(module, monkeypatch, ['--config', str(cfg), *[a for a in argv if a not in ('--mixup', '0.3')]]) \
+        .mix_mode == mode
 
 
 def test_compatible_and_stock_flags_parse(sources, train_modules, monkeypatch):
@@ -230,17 +282,27 @@ def world(sources, patched, tmp_path_factory):
     feature = feature_release(sources)
     fp = str(patched[feature])
     runs = []
+    own_timm_plans = []         # one plan (subprocess) per release run with its own timm/
 
-    def add(run_id, script, extra):
+    def add(run_id, script, extra, to=None):
         argv = _common(data, out, run_id) + list(extra)
-        runs.append(dict(id=run_id, script=str(script), argv=argv, cwd=str(work)))
+        (runs if to is None else to).append(dict(id=run_id, script=str(script), argv=argv, cwd=str(work)))
 
+    git_dir = source_git_dir()
     for release in sources:
         add(f'stock-{release}', sources[release], [])
         # no flag, and on the feature release an explicit --mix-mode none (what a baseline config sets)
         add(f'stock-patched-{release}', patched[release], ['--mix-mode', 'none'] if release == feature else [])
-        add(f'ema-accum-{release}', patched[release],
-            ['--mix-mode', 'snapmix', '--model-ema', '--grad-accum-steps', '2'])
+        ema_accum = ['--mix-mode', 'snapmix', '--model-ema', '--grad-accum-steps', '2']
+        if git_dir is None:
+            add(f'ema-accum-{release}', patched[release], ema_accum)
+            continue
+        # as in a checkout: `python train.py` imports the release's timm/ beside it. Up to v1.0.28 and on main
+        # timm's loader asks for persistent workers whatever --workers is, which torch refuses with 0 workers.
+        script = make_checkout(git_dir, release, patched[release], root / 'checkouts' / release)
+        plan = dict(runs=[], result=str(root / f'results-{release}.json'), sys_path=[str(script.parent)])
+        add(f'ema-accum-{release}', script, ema_accum + ['--workers', '1'], to=plan['runs'])
+        own_timm_plans.append(plan)
     mixup = ['--no-prefetcher', '--mixup', '0.4', '--smoothing', '0.1']
     add('stock-mixup', sources[feature], mixup)
     add('stock-mixup-patched', fp, mixup)
@@ -263,14 +325,37 @@ def world(sources, patched, tmp_path_factory):
         add(f'config-{name}', fp, ['--config', str(REPO / 'configs' / f'{name}.yaml'),
                                    '--pretrained-path', str(root / 'test_resnet.pth')])
 
-    plan = dict(runs=runs, result=str(root / 'results.json'))
-    (root / 'plan.json').write_text(json.dumps(plan, indent=1))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')])))
-    proc = subprocess.run([sys.executable, str(RUNNER), str(root / 'plan.json')], env=env, capture_output=True,
-                          text=True, timeout=900)
-    results = json.loads((root / 'results.json').read_text()) if (root / 'results.json').exists() else {}
-    assert proc.returncode == 0 and len(results) == len(runs), (
-        f'runner failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}')
+    plans = [('main', dict(runs=runs, result=str(root / 'results.json')))] + \
+        [(Path(p['result']).stem, dict(p, threads=1)) for p in own_timm_plans]
+    for name, plan in plans:
+        (root / f'plan-{name}.json').write_text(json.dumps(plan, indent=1))
+
+    procs, rcs = [], {}
+
+    def start(name):
+        with open(root / f'runner-{name}.err', 'w') as err:
+            procs.append(subprocess.Popen([sys.executable, str(RUNNER), str(root / f'plan-{name}.json')], env=env,
+                                          stdout=err, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    # two lanes on a 2-core machine: the main plan, and beside it the one-run plans one after the other
+    try:
+        main_proc = start('main')
+        for name, _ in plans[1:]:
+            rcs[name] = start(name).wait(timeout=600)
+        rcs['main'] = main_proc.wait(timeout=900)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    results = {}
+    for name, plan in plans:
+        got = json.loads(Path(plan['result']).read_text()) if Path(plan['result']).exists() else {}
+        assert rcs[name] == 0 and len(got) == len(plan['runs']), (
+            f"runner failed on {name} (rc {rcs[name]}):\n{(root / f'runner-{name}.err').read_text()[-3000:]}")
+        results.update(got)
     return results, out, feature
 
 
@@ -317,8 +402,15 @@ def test_stock_mixup_without_prefetcher_is_unchanged(world):
 
 
 def test_every_release_trains_with_a_mode_ema_and_accumulation(world, sources):
+    git_dir = source_git_dir()
     for release in sources:
         r = _ok(world, f'ema-accum-{release}')
+        if git_dir is not None:     # it ran with the release's own timm/, beside its train.py in checkouts/
+            own = subprocess.run(['git', f'--git-dir={git_dir}', 'show', f'{_ref(release)}:timm/version.py'],
+                                 capture_output=True, text=True, check=True).stdout
+            assert re.search(rf"""__version__\s*=\s*['"]{re.escape(r['timm']['version'])}['"]""", own), \
+                (release, r['timm'])
+            assert Path(r['timm']['dir']).parts[-2:] == ('checkouts', release), (release, r['timm'])
         calls = _check_mode_run(r, 'snapmix')
         # with --grad-accum-steps 2 the second micro-batch's mix runs on top of the first's gradients
         assert any(c['grads_present'] for c in calls) and all(c['grads_intact'] for c in calls)
@@ -339,9 +431,22 @@ def test_mode_from_flags(world, mode):
 
 
 def test_amp_bf16_channels_last_drop_path(world):
-    calls = _ok(world, 'mode-snapmix')['calls']
+    r = _ok(world, 'mode-snapmix')
+    (created,) = r['created']
+    # --amp --amp-dtype bfloat16: the mode runs its CAM forward under train.py's own amp_autocast,
+    # functools.partial(torch.autocast, device_type='cpu', dtype=torch.bfloat16)
+    assert created['autocast_is_train_py_s'], created
+    assert created['autocast'] == {'func': 'autocast', 'is_torch_autocast': True, 'device_type': 'cpu',
+                                   'dtype': 'torch.bfloat16'}, created
+    assert created['channels_last'], 'the model the mode holds is not channels-last (--channels-last)'
+    assert created['drop_path'], 'no DropPath with drop_prob > 0 in the model the mode holds (--drop-path 0.1)'
+    calls = r['calls']
     assert all(c['dtype'] == 'torch.float32' for c in calls)        # autocast is inside the step, input stays fp32
     assert min(c['target_min'] for c in calls) == 0.0                # --smoothing 0
+    # the probes tell the difference: a run without those flags has none of them
+    _, _, feature = world
+    (plain,) = _ok(world, f'ema-accum-{feature}')['created']
+    assert not plain['autocast']['is_torch_autocast'] and not plain['channels_last'] and not plain['drop_path'], plain
 
 
 def test_smoothing_is_baked_into_the_targets(world):
@@ -361,8 +466,16 @@ def test_mixup_off_epoch_switches_the_mode_off(world):
 def test_torchcompile_model_is_unwrapped_without_recompiles(world):
     r = _ok(world, 'mode-gutout')
     (created,) = r['created']
-    assert created['given'] == 'OptimizedModule' or created['given'] == 'ResNet'   # v1.0.24 compiles the task
-    assert created['module'] == 'ResNet'
+    _, _, feature = world
+    if feature == 'main':
+        # main compiles the task's trainable module: train.py passes the OptimizedModule wrapper, the
+        # mode holds the plain ResNet inside it (v1.0.24 compiled the task instead and passed the ResNet)
+        assert created['given'] == 'OptimizedModule', created
+        assert created['given_is_wrapper'] and created['given_holds_module'], created
+    else:                   # a train.py file of an unknown release: what it passes must be consistent
+        assert created['given_is_wrapper'] == (created['given'] != 'ResNet'), created
+        assert not created['given_is_wrapper'] or created['given_holds_module'], created
+    assert created['module'] == 'ResNet' and created['holds_training_module']
     graphs = [c['dynamo_graphs'] for c in r['calls']]
     # the first mix runs before the first compiled forward; after it the CAM hooks cause no recompilation
     assert graphs[-1] >= 1 and len(set(graphs[1:])) == 1, graphs
@@ -395,8 +508,9 @@ def test_config_file_run(world):
 
 def test_torchcompile_inductor(patched, sources, tmp_path):
     if os.environ.get('TIMM_CAMAUG_TEST_INDUCTOR') != '1':
-        pytest.skip('inductor compiles for about two minutes on a 2-core CPU; set TIMM_CAMAUG_TEST_INDUCTOR=1 to run '
-                    '(test_torchcompile_model_is_unwrapped_without_recompiles covers --torchcompile eager)')
+        pytest.skip('opt-in because of compile time: a cold inductor compile takes about two minutes on a 2-core '
+                    'CPU; set TIMM_CAMAUG_TEST_INDUCTOR=1 to run it (test_torchcompile_model_is_unwrapped_without_'
+                    'recompiles covers --torchcompile eager)')
     if not (shutil.which('g++') or shutil.which('c++')):
         pytest.skip('no C++ compiler: torch inductor cannot compile on this machine')
     data, out = tmp_path / 'data', tmp_path / 'out'

@@ -11,10 +11,23 @@ __all__ = ['add_args', 'is_active', 'check_train_args', 'MIX_MODE_CHOICES']
 MIX_MODE_CHOICES = MIX_MODES + ('none',)
 
 
+_TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
+
+
+def parse_bool(value: str) -> bool:
+    """A boolean flag's value: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean ({'/'.join(_TRUE)} or {'/'.join(_FALSE)}), got {value!r}")
+
+
 def _flag_type(option):
     t = option.parse_type()
     if t is bool:
-        return lambda s: s.lower() in ('1', 'true', 'yes', 'on')
+        return parse_bool
     return t
 
 

@@ -14,7 +14,9 @@ comment so that ``--check`` and ``--revert`` find them exactly:
 5. before each ``train_one_epoch(`` call: ``mixup_fn.set_epoch(epoch)`` when the mix function has one.
 
 The file is rewritten whole (temporary file + rename) only after the edited text compiles and reverts
-to the original byte for byte; nothing is written when any anchor is missing.
+to the original byte for byte; nothing is written when any anchor is missing. A file that cannot be read or
+written (permissions, a read-only or full disk) is a PatchError naming the file and the reason, and leaves
+the file as it was.
 """
 import argparse
 import difflib
@@ -349,7 +351,8 @@ def _check_recognised(statuses: List[PartStatus], name: str) -> None:
                 reasons.append(f"anchor {s.part} ({s.anchor!r}) found {len(s.lines)} times, at lines "
                                f"{', '.join(map(str, s.lines))}; expected once")
         raise PatchError(f"{name}: " + '; '.join(reasons) + ". The file was not changed. A train.py edited by "
-                         "hand or from an unsupported timm release needs the change made by hand: see patches/.")
+                         "hand or from an unsupported timm release needs the change made by hand: see patches/ in the "
+                         "timm-camaug source repository for the change as a unified diff.")
 
 
 def _compile(text: str, name: str, what: str) -> None:
@@ -423,26 +426,40 @@ def resolve_train_py(path) -> Path:
     return p
 
 
+def _reason(e: OSError) -> str:
+    return e.strerror or str(e) or type(e).__name__
+
+
 def _read(p: Path) -> str:
     try:
-        return p.read_bytes().decode('utf-8')
+        data = p.read_bytes()
+    except OSError as e:
+        raise PatchError(f"cannot read {p}: {_reason(e)}; the file was not changed") from e
+    try:
+        return data.decode('utf-8')
     except UnicodeDecodeError as e:
         raise PatchError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start}): not timm's train.py") from None
 
 
 def _write_atomic(p: Path, text: str) -> None:
+    """Replace ``p``'s content by ``text`` (temporary file beside it + rename), or leave it as it was.
+
+    An OSError (no permission, read-only or full disk) becomes a PatchError naming ``p``."""
     target = Path(os.path.realpath(p))
-    fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f'.{target.name}.', suffix='.tmp', dir=target.parent)
         with os.fdopen(fd, 'wb') as f:
             f.write(text.encode('utf-8'))
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, target.stat().st_mode & 0o7777)
         os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise PatchError(f"cannot write {p}: {_reason(e)}; the file was not changed") from e
         raise
 
 
@@ -451,7 +468,11 @@ def checkout_version(p: Path) -> Optional[str]:
     vfile = p.parent / 'timm' / 'version.py'
     if not vfile.is_file():
         return None
-    m = re.search(r"""__version__\s*=\s*['"]([^'"]+)['"]""", vfile.read_text(encoding='utf-8', errors='replace'))
+    try:
+        text = vfile.read_text(encoding='utf-8', errors='replace')
+    except OSError:
+        return None
+    m = re.search(r"""__version__\s*=\s*['"]([^'"]+)['"]""", text)
     return m.group(1) if m else None
 
 
@@ -468,8 +489,10 @@ def version_warning(p: Path) -> Optional[str]:
     ours, installed = checkout_version(p), _installed_timm()
     if ours and installed and ours != installed:
         return (f"warning: {p} belongs to timm {ours} but timm {installed} is installed; the patch matched by "
-                "anchor text, not by release. train.py uses whichever timm it imports (run from the checkout "
-                "directory, that is the checkout's own).")
+                "anchor text, not by release. Run as a script (python train.py, torchrun train.py), train.py (and "
+                f"timm-camaug inside it) imports the timm/ package beside it, i.e. timm {ours}, from whatever "
+                "directory it is started, because Python puts the script's directory first on sys.path; the "
+                "installed timm is not used.")
     return None
 
 
@@ -480,13 +503,34 @@ def patch_file(path, backup: bool = False) -> Tuple[Path, bool]:
     patched = patch_text(text, str(p))
     if patched == text:
         return p, False
+    orig = None
     if backup:
         orig = p.with_name(p.name + '.orig')
         if orig.exists():
             raise PatchError(f"{orig} exists already; move it away or patch without --backup. Nothing was changed.")
-        orig.write_bytes(text.encode('utf-8'))
-    _write_atomic(p, patched)
+        try:
+            _write_new(orig, text)
+        except OSError as e:
+            raise PatchError(f"cannot write the backup {orig}: {_reason(e)}; {p} was not changed") from e
+    try:
+        _write_atomic(p, patched)
+    except BaseException:
+        if orig is not None:      # train.py is unchanged: a backup left behind would block the next --backup
+            orig.unlink()
+        raise
     return p, True
+
+
+def _write_new(p: Path, text: str) -> None:
+    """Create ``p`` (it must not exist) holding ``text``; removed again when the write fails."""
+    with open(p, 'xb') as f:
+        try:
+            f.write(text.encode('utf-8'))
+            f.flush()
+        except BaseException:
+            f.close()
+            p.unlink()
+            raise
 
 
 def revert_file(path) -> Tuple[Path, bool]:
@@ -533,7 +577,11 @@ def run(args: argparse.Namespace) -> int:
             return _run_check(p, out, err)
         if args.diff:
             text = _read(p)
-            out.write(unified_diff(text, patch_text(text, str(p)), p.name))
+            diff = unified_diff(text, patch_text(text, str(p)), p.name)
+            if diff:
+                out.write(diff)
+            else:     # on stderr: stdout stays an (empty) diff
+                print(f"{p} is already patched; no diff to show", file=err)
             return 0
         if args.revert:
             p, changed = revert_file(p)
@@ -550,10 +598,17 @@ def run(args: argparse.Namespace) -> int:
     except PatchError as e:
         print(f"timm-camaug patch: error: {e}", file=err)
         return 2
+    except OSError as e:      # reading and writing train.py are PatchErrors already; anything else that fails
+        print(f"timm-camaug patch: error: {e}; the file was not changed", file=err)
+        return 2
 
 
 def _run_check(p: Path, out, err) -> int:
-    text = _read(p)
+    try:
+        text = _read(p)
+    except PatchError as e:
+        print(f"timm-camaug patch: error: {e}", file=err)
+        return 2
     try:
         for s in inspect_text(text):
             print(s.describe(), file=out)
