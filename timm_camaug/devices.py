@@ -23,7 +23,8 @@ def assert_in_range(labels: torch.Tensor, num_classes: int, what: str = 'label')
 
     On the CPU the check is immediate. On an accelerator reading the answer back would stall every step, so
     the check is queued on the device instead (``torch._assert_async``): a bad label stops the run at the
-    next synchronisation with the same message.
+    next synchronisation, as a device-side assertion (whose text, on CUDA, may be the generic one).
+    Labels that arrive on the CPU are checked there, before they are moved.
     """
     bad = (labels < 0) | (labels >= num_classes)
     if labels.device.type == 'cpu':
