@@ -5,7 +5,7 @@ compared with the fraction of that source's discriminative part (the bird's head
 set provides) that the mixed image actually shows: |w_a - visible_a| and |w_b - visible_b|. The visible
 fractions come from each mode's params (boxes, cells, perm), never from its label weights; see
 :mod:`timm_camaug.fidelity`. Erasing modes (gutout, cam-erase) keep one label at weight 1: their error is the
-share of the part they erased, over the samples they changed.
+share of the part they erased, over the samples they were applied to.
 
 One small model (the demo's ``test_resnet`` by default) is trained on the set without mixing (or loaded from
 the cache) and serves every CAM-guided mode; attentive uses the offline ImageNet EfficientNet-Lite0 as its
@@ -53,7 +53,7 @@ def parse_args(argv=None):
                    help="comma-separated finer CAM layers of --model for snapmix's cam_layer option")
     p.add_argument('--cache-dir', default=os.path.join(tempfile.gettempdir(), 'timm-camaug-bench'),
                    help='where the trained model is cached')
-    p.add_argument('--quick', action='store_true', help='small training set, 2 epochs, 256 images mixed')
+    p.add_argument('--quick', action='store_true', help='small training set, 3 epochs, 256 images mixed')
     p.add_argument('--json', default=None, metavar='PATH')
     args = p.parse_args(argv)
     if args.quick:
@@ -225,7 +225,7 @@ def main(argv=None):
                           'ratio to CutMix'], rows))
     print()
     print("MAE: mean |label weight - visible share of that source's head| over both sources of every mixed "
-          "image with two different labels; erasing modes: over the images they changed, one label at weight 1.")
+          "image with two different labels; erasing modes: over the images they were applied to, one label at weight 1.")
     print(f"total time {time.perf_counter() - t0:.0f} s")
     if args.json:
         save_json(args.json, {'machine': machine(), 'settings': vars(args), 'model': how, 'val_top1': acc,
