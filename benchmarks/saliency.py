@@ -84,8 +84,8 @@ def main():
     times = time_interleaved(fns, repeats=args.repeats, device=device)
     step = times['train step']
     rows = [(k, f'{v * 1000:.1f}', f'{100 * v / step:.2f} %') for k, v in times.items()]
-    print(f'# {machine()}')
-    print(f'# {args.model} {args.size} px, batch {args.batch}: medians of {args.repeats} interleaved repeats')
+    print(f'Machine: {machine()}\n')
+    print(f'{args.model} {args.size} px, batch {args.batch}: medians of {args.repeats} interleaved repeats\n')
     print(markdown_table(['what', 'ms', 'of a training step'], rows))
     if args.json:
         save_json(args.json, {'machine': machine(), 'args': vars(args), 'seconds': times})
