@@ -78,7 +78,7 @@ def test_bit_exact_where_the_float32_integral_rounds(cv2):
 
 
 @pytest.mark.parametrize('hw', [(224, 224), (448, 448), (512, 384)])
-def test_loop_free_integral_stays_within_one_grey_level_of_opencv(cv2, hw):
+def test_loop_free_integral_stays_within_two_grey_levels_of_opencv(cv2, hw):
     """The training path integrates exactly in integers: equal to OpenCV up to 65,793 pixels, within two grey
     levels of it above (where OpenCV's float32 integral rounds), with the same peaks on real photos."""
     batch = torch.stack([photo_u8(p, hw) for p in PHOTOS])
@@ -90,7 +90,7 @@ def test_loop_free_integral_stays_within_one_grey_level_of_opencv(cv2, hw):
     if hw[0] * hw[1] <= 65793:
         assert not diff.any()
     else:
-        assert int(diff.max()) <= 2 and float((diff > 0).float().mean()) < 0.005
+        assert int(diff.max()) <= 2 and float((diff > 0).float().mean()) < 0.001
     assert torch.equal(saliency_peaks(fast), saliency_peaks(torch.from_numpy(refs)))
 
 

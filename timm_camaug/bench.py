@@ -81,6 +81,7 @@ def bench_modes(
     import torch
     import torch.nn.functional as F
 
+    from .extractor import create_timm_model
     from .factory import create_mix_fn
 
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -105,8 +106,10 @@ def bench_modes(
     for mode in modes:
         opts = dict((options or {}).get(mode, {}))
         if mode == 'attentive' and not isinstance(opts.get('extractor'), torch.nn.Module):
-            opts['extractor'] = timm.create_model(opts.get('extractor') or 'resnet50', num_classes=0).to(dev).eval()
-            opts.pop('extractor_checkpoint', None)
+            name, checkpoint = opts.get('extractor') or 'resnet50', opts.pop('extractor_checkpoint', None)
+            extractor = (create_timm_model(name, checkpoint, num_classes=0) if checkpoint
+                         else timm.create_model(name, num_classes=0))     # random weights: the same cost
+            opts['extractor'] = extractor.to(dev).eval()
         mix = create_mix_fn(mode, model=net, num_classes=num_classes, device=dev, amp_autocast=amp,
                             prob=opts.pop('prob', 1.0), data_config={'input_size': (3, img_size, img_size)}, **opts)
         fns[mode] = functools.partial(mix, x, y)
@@ -167,8 +170,10 @@ def run(args: argparse.Namespace) -> int:
     per_mode: Dict[str, List[str]] = {}
     for item in args.set:
         mode, sep, kv = item.partition(':')
-        if not sep or mode not in modes:
-            raise _fail(f"--set {item!r}: expected MODE:KEY=VALUE with MODE one of {', '.join(modes)}")
+        if not sep:
+            raise _fail(f"--set {item!r}: expected MODE:KEY=VALUE, e.g. snapmix:cam_scale=0.5")
+        if mode not in modes:
+            raise _fail(f"--set {item!r}: {mode!r} is not among the modes benchmarked ({', '.join(modes)})")
         per_mode.setdefault(mode, []).append(kv)
     try:
         options = {m: mode_options_from_strings(m, items) for m, items in per_mode.items()}

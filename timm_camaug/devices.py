@@ -15,7 +15,9 @@ def to_device(t: torch.Tensor, device: Union[str, torch.device, None]) -> torch.
     """
     if device is None:
         return t
-    return t.to(device, non_blocking=True)
+    device = torch.device(device)
+    # asynchronous only host-to-device: a device-to-host copy would return before the data is there
+    return t.to(device, non_blocking=t.device.type == 'cpu' and device.type != 'cpu')
 
 
 def assert_in_range(labels: torch.Tensor, num_classes: int, what: str = 'label') -> None:

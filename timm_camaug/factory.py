@@ -27,6 +27,7 @@ def mode_options_from_strings(mode: str, items: Sequence[str]) -> Dict[str, Any]
     """``KEY=VALUE`` strings (command-line ``--set`` items) -> keyword options of ``mode``, typed as the mode's
     train.py flags are. ``KEY`` is the option's name without the mode prefix (``beta``, ``cam_layer``, or
     ``cam-layer``); ``prob`` is accepted too. Raises ValueError naming the item and what is wrong with it."""
+    from .args import _flag_type      # the flags' own parsing (booleans included); args imports this module
     cls = get_mode_class(mode)
     options = {o.name: o for o in cls.options}
     out: Dict[str, Any] = {}
@@ -48,9 +49,8 @@ def mode_options_from_strings(mode: str, items: Sequence[str]) -> Dict[str, Any]
         if value.lower() in ('none', 'null') and opt.default is None:
             out[key] = None
             continue
-        t = opt.parse_type()
         try:
-            out[key] = t(value)
+            out[key] = _flag_type(opt)(value)
         except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
             raise ValueError(f"--set {key}={value}: {e}") from None
         if opt.choices is not None and out[key] not in opt.choices:

@@ -201,7 +201,8 @@ def _tree_problem(path: Path) -> Optional[str]:
     except (OSError, ValueError) as e:
         return f'its {CLASSES_FILE} cannot be read ({type(e).__name__})'
     if not isinstance(meta, dict) or meta.get('written_by') != WRITTEN_BY:
-        return f'its {CLASSES_FILE} was not written by {WRITTEN_BY}'
+        return (f'its {CLASSES_FILE} was not written by {WRITTEN_BY} (a tree from an earlier timm-camaug has no such '
+                'mark: remove it yourself)')
     try:
         expected = {split: {c['folder']: int(c[split]) for c in meta['classes']} for split in SPLITS}
     except (KeyError, TypeError, ValueError):

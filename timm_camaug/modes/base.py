@@ -187,7 +187,7 @@ class MixMode:
     # --- helpers for subclasses
 
     def _check_batch(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(soft targets, labels) of a checked batch (one host-device sync: the labels' range check)."""
+        """(soft targets, labels) of a checked batch (labels range-checked at once on the CPU, queued on a device)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ValueError(f"{self.name}: x must be an (N, C, H, W) tensor, got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
