@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Set
 
-from .common import Listing, PrepareError, Sample, list_names
+from .common import Listing, PrepareError, Sample, list_names, lists_lacking_entries
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'LEVELS', 'BANNER_HEIGHT', 'OFFICIAL_IMAGES', 'locate', 'read']
 
@@ -93,15 +93,9 @@ def _check_same_ids(data: Path, official: str, level: str, ids: Set[str]) -> Non
     for name in [f'images_{official}.txt'] + [f'images_{lv}_{official}.txt' for lv in LEVELS if lv != level]:
         if (data / name).is_file():
             lists[name] = _ids(data / name)
-    union = set().union(*lists.values())
-    problems = []
-    for name, have in lists.items():
-        missing = sorted(union - have)
-        if missing:
-            holders = [o for o, other in lists.items() if o != name and not other.isdisjoint(missing)]
-            problems.append(
-                f'{data / name} lacks {len(missing)} image id(s) that {" and ".join(holders)} list '
-                f'({list_names(missing)}): {name} is probably truncated')
+    problems = [f'{data / name} lacks {len(missing)} image id(s) that {" and ".join(holders)} list '
+                f'({list_names(missing)}): {name} is probably truncated'
+                for name, missing, holders in lists_lacking_entries(lists)]
     if problems:
         again = 'it' if len(problems) == 1 else 'them'
         raise PrepareError(

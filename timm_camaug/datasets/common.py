@@ -20,12 +20,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
     'PrepareError', 'Sample', 'Listing', 'BuildResult', 'SPLITS', 'LINK_MODES', 'VERIFY_MODES',
     'CLASS_MAP_FILE', 'CLASSES_FILE', 'WRITTEN_BY', 'safe_name', 'class_folder_names', 'read_id_value_file',
-    'id_ranges', 'list_names', 'prepare_tree_problem', 'check_destination', 'build_tree', 'format_summary',
+    'id_ranges', 'list_names', 'lists_lacking_entries', 'prepare_tree_problem', 'check_destination', 'build_tree', 'format_summary',
     'summary_warnings',
 ]
 
@@ -147,6 +147,19 @@ def id_ranges(ids: Sequence[int], limit: int = 6) -> str:
         rest = sum(b - a + 1 for a, b in ranges[limit:])
         shown += f', ... ({rest} more)'
     return shown
+
+
+def lists_lacking_entries(lists: Dict[str, Collection]) -> List[Tuple[str, list, List[str]]]:
+    """Lists that should hold the same entries (name -> entries): for each one lacking entries another holds,
+    ``(its name, the sorted missing entries, the names of the lists that hold them)``."""
+    union = set().union(*lists.values())
+    out = []
+    for name, have in lists.items():
+        missing = sorted(union - set(have))
+        if missing:
+            holders = [o for o, other in lists.items() if o != name and not set(other).isdisjoint(missing)]
+            out.append((name, missing, holders))
+    return out
 
 
 def list_names(names: Sequence[str], limit: int = 3) -> str:

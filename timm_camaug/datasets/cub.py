@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Dict
 
-from .common import Listing, PrepareError, Sample, class_folder_names, id_ranges, read_id_value_file
+from .common import (Listing, PrepareError, Sample, class_folder_names, id_ranges, lists_lacking_entries,
+                     read_id_value_file)
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'OFFICIAL_COUNTS', 'locate', 'read']
 
@@ -44,16 +45,12 @@ def _check_same_ids(root: Path, tables: Dict[str, Dict[int, str]]) -> None:
     lacks ids that another lists: cut at a line boundary, a file still parses, and only this comparison
     tells a truncated download from a deliberate subset (which removes the same ids from every file)."""
     problems = []
-    for fname, table in tables.items():
-        others = {o: t for o, t in tables.items() if o != fname}
-        missing = sorted(set().union(*others.values()) - table.keys())
-        if not missing:
-            continue
-        listing = ' and '.join(o for o, t in others.items() if any(i in t for i in missing))
+    for fname, missing, holders in lists_lacking_entries(tables):
+        table = tables[fname]
         verdict = (f'all after its last id, {max(table)}: {fname} is probably truncated' if missing[0] > max(table)
                    else f'{fname} is damaged or edited')
-        problems.append(
-            f'{root / fname} lacks {len(missing)} image id(s) that {listing} list: {id_ranges(missing)}; {verdict}')
+        problems.append(f'{root / fname} lacks {len(missing)} image id(s) that {" and ".join(holders)} list: '
+                        f'{id_ranges(missing)}; {verdict}')
     if problems:
         again = 'it' if len(problems) == 1 else 'them'
         raise PrepareError(
