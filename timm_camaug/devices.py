@@ -7,7 +7,7 @@ __all__ = ['to_device', 'assert_in_range']
 
 
 def to_device(t: torch.Tensor, device: Union[str, torch.device, None]) -> torch.Tensor:
-    """``t`` on ``device``, copied asynchronously.
+    """``t`` on ``device``; a copy from the host to an accelerator is made asynchronously.
 
     A plain host-to-GPU ``.to()`` of pageable memory waits for the GPU to finish everything queued before it
     (the CAM forward, say); ``non_blocking=True`` stages the few bytes of a draw and returns at once. The
