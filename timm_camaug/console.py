@@ -1,0 +1,73 @@
+""" What the console commands share: a progress bar (tqdm when installed, else a plain line per 10 %), byte
+sizes and file names for messages, and the name of the class-map file that train.py's ``--class-map`` reads. """
+import os
+import sys
+from typing import Optional, Protocol, TextIO
+
+__all__ = ['CLASS_MAP_FILE', 'ProgressBar', 'progress_bar', 'format_bytes', 'printable']
+
+CLASS_MAP_FILE = 'class_map.txt'  # one class folder per line, in class-index order (train.py --class-map)
+
+
+class ProgressBar(Protocol):
+    """What callers use of a bar: ``update(n)`` after each unit of work, ``close()`` at the end."""
+
+    def update(self, n: int = 1) -> object: ...
+
+    def close(self) -> None: ...
+
+
+class _PlainProgress:
+    """A bar without tqdm: the total once, then a line at every 10 % done."""
+
+    def __init__(self, total: int, desc: str, unit: str, file: TextIO):
+        self.total, self.desc, self.file = total, desc, file
+        self.n, self._next_report = 0, 0.1
+        print(f'{desc}: {total} {unit}s', file=file, flush=True)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.total and self.n / self.total >= self._next_report:
+            print(f'{self.desc}: {100 * self.n // self.total}% ({self.n}/{self.total})', file=self.file, flush=True)
+            while self._next_report <= self.n / self.total:
+                self._next_report += 0.1
+
+    def close(self) -> None:
+        pass
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(total: int, desc: str, *, unit: str = 'item', enabled: bool = True,
+                 file: Optional[TextIO] = None) -> ProgressBar:
+    """A progress bar over ``total`` units named ``unit`` (singular), on stderr unless ``file`` is given: tqdm's
+    when tqdm is installed (it comes with timm through huggingface_hub), else plain lines; with ``enabled``
+    False, one that prints nothing. Always an object with ``update`` and ``close``."""
+    if not enabled:
+        return _NoProgress()
+    file = sys.stderr if file is None else file
+    try:
+        from tqdm import auto  # through the package: it can be unavailable while tqdm.auto is still cached
+    except ImportError:
+        return _PlainProgress(total, desc, unit, file)
+    return auto.tqdm(total=total, desc=desc, unit=unit, file=file, leave=True, dynamic_ncols=True)
+
+
+def format_bytes(n: int) -> str:
+    """A byte count for a message: ``'812 bytes'``, ``'3.4 kB'``, ``'12.3 MB'``, ``'1.2 GB'`` (powers of 1000)."""
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if n >= scale:
+            return f'{n / scale:.1f} {unit}'
+    return f'{n} bytes'
+
+
+def printable(path: str) -> str:
+    """``path`` as valid UTF-8 text for the terminal or a JSON file: bytes of a file name that are not UTF-8
+    (Python keeps them as surrogates, which a strict UTF-8 stream refuses) are shown as ``\\xNN``."""
+    return os.fsencode(path).decode('utf-8', 'backslashreplace')
