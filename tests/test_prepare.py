@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from timm_camaug import cli
-from timm_camaug.datasets import common, prepare_dataset, read_listing
-from timm_camaug.datasets.common import PrepareError, class_folder_names, id_ranges, safe_name
+from timm_camaug.datasets import prepare_dataset, read_listing, tree
+from timm_camaug.datasets.listing import PrepareError, class_folder_names, id_ranges, safe_name
 
 # ---------------------------------------------------------------------------------------------------------
 # miniature official trees
@@ -775,13 +775,13 @@ def test_destination_changed_during_the_build_is_not_replaced(tmp_path, monkeypa
     root, _ = make_cub(tmp_path / 'dl')
     dst = tmp_path / 'cub'
     assert prepare('cub', root, dst) == 0
-    real = common._write_class_files
+    real = tree._write_class_files
 
     def user_adds_a_file(*a, **kw):
         (dst / 'results.csv').write_text('mine')
         return real(*a, **kw)
 
-    monkeypatch.setattr(common, '_write_class_files', user_adds_a_file)
+    monkeypatch.setattr(tree, '_write_class_files', user_adds_a_file)
     with pytest.raises(PrepareError, match=re.escape('(it holds results.csv, which prepare does not write)')):
         prepare_dataset('cub', root, dst, overwrite=True, progress=False)
     assert (dst / 'results.csv').read_text() == 'mine' and (dst / 'train').is_dir() and leftovers(dst) == []
@@ -824,7 +824,7 @@ def test_failure_mid_build_keeps_the_old_tree_and_a_rerun_completes(tmp_path, ca
     def interrupted(*a, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, '_write_class_files', interrupted)
+    monkeypatch.setattr(tree, '_write_class_files', interrupted)
     assert prepare('cub', root, dst, '--overwrite') == 130
     assert snapshot(dst) == old and leftovers(dst) == []
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Set
 
-from .common import Listing, PrepareError, Sample, list_names, lists_lacking_entries
+from .listing import Listing, PrepareError, Sample, list_names, lists_lacking_entries
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'LEVELS', 'BANNER_HEIGHT', 'OFFICIAL_IMAGES', 'locate', 'read']
 

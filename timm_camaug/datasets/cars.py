@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .common import Listing, PrepareError, Sample, list_names
+from .listing import Listing, PrepareError, Sample, list_names
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'OFFICIAL_COUNTS', 'TEST_LABELS_FILE', 'locate', 'read']
 

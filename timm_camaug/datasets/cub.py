@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from typing import Dict
 
-from .common import (Listing, PrepareError, Sample, class_folder_names, id_ranges, lists_lacking_entries,
-                     read_id_value_file)
+from .listing import (Listing, PrepareError, Sample, class_folder_names, id_ranges, lists_lacking_entries,
+                      read_id_value_file)
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'OFFICIAL_COUNTS', 'locate', 'read']
 

@@ -8,10 +8,10 @@ import os
 import sys
 from typing import Optional
 
-from .common import (
-    CLASS_MAP_FILE, LINK_MODES, VERIFY_MODES, BuildResult, Listing, PrepareError, build_tree, check_destination,
-    format_summary, summary_warnings,
-)
+from ..console import CLASS_MAP_FILE, format_bytes
+from .listing import Listing, PrepareError
+from .summary import format_summary, summary_warnings
+from .tree import LINK_MODES, VERIFY_MODES, BuildResult, build_tree, check_destination
 
 __all__ = ['DATASETS', 'register', 'run', 'prepare_dataset', 'read_listing']
 
@@ -107,13 +107,6 @@ def _describe_files(listing: Listing, link: str) -> str:
     return _LINK_HELP[link]
 
 
-def _size(n: int) -> str:
-    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
-        if n >= scale:
-            return f'{n / scale:.1f} {unit}'
-    return f'{n} bytes'
-
-
 def run(args: argparse.Namespace) -> int:
     explicit_link = 'copy' if args.copy else args.link
     link = explicit_link or 'symlink'
@@ -141,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f'warning: {w}', file=sys.stderr)
     if result.written_bytes:
-        print(f'wrote {_size(result.written_bytes)}')
+        print(f'wrote {format_bytes(result.written_bytes)}')
     class_map = os.path.join(result.dst, CLASS_MAP_FILE)  # result.dst is absolute: the hint works from anywhere
     needs_map = set(result.counts['train']) != set(result.counts['val'])
     n_classes = len(listing.classes) if needs_map else result.classes('train')
