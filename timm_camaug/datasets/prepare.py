@@ -10,8 +10,9 @@ from typing import Optional
 
 from ..console import CLASS_MAP_FILE, format_bytes
 from .listing import Listing, PrepareError
+from .manifest import MANIFEST_FILE
 from .summary import format_summary, summary_warnings
-from .tree import LINK_MODES, VERIFY_MODES, BuildResult, build_tree, check_destination
+from .tree import CLASSES_FILE, LINK_MODES, VERIFY_MODES, BuildResult, build_tree, check_destination
 
 __all__ = ['DATASETS', 'register', 'run', 'prepare_dataset', 'read_listing']
 
@@ -65,15 +66,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument('src', metavar='SRC', help='the downloaded dataset (its own top folder, or the folder '
                                                    'that contains it)')
-    shared.add_argument('dst', metavar='DST', help='output folder, e.g. data/cub (created; gets train/, val/, '
-                                                   f'{CLASS_MAP_FILE} and classes.json)')
+    shared.add_argument('dst', metavar='DST', help='output folder, e.g. data/cub (created, or an empty folder; gets '
+                                                   f'train/, val/, {CLASS_MAP_FILE}, {CLASSES_FILE} and '
+                                                   f'{MANIFEST_FILE})')
     files = shared.add_mutually_exclusive_group()
     files.add_argument('--link', choices=LINK_MODES, default=None,
                        help='how images get into DST: ' + '; '.join(f'{k}: {v}' for k, v in _LINK_HELP.items()))
     files.add_argument('--copy', action='store_true', help='copy the images instead of linking them')
     shared.add_argument('--overwrite', action='store_true',
-                        help='replace a DST that holds an earlier prepare output (once the new tree is complete); '
-                             'a DST holding anything else is never replaced')
+                        help='replace a DST that holds an earlier prepare output exactly as prepare wrote it '
+                             f'(checked against its {MANIFEST_FILE}), once the new tree is complete; a DST with '
+                             'anything added, removed or changed is never replaced')
     shared.add_argument('--verify', choices=VERIFY_MODES, default='full',
                         help='check that each linked/copied image can be read: full decodes it (at reduced scale '
                              'for JPEG, default), header only parses its header, none skips the check')
