@@ -281,3 +281,142 @@ def test_unwritable_parent_as_any_user(tmp_path, cub_download, capsys, monkeypat
     assert prepare('cub', cub_download, tmp_path / 'empty') == 1
     assert f'error: cannot create a folder in {tmp_path / "empty"}: Permission denied' in capsys.readouterr().err
     assert not (tmp_path / 'cub').exists() and os.listdir(tmp_path / 'empty') == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# hostile input: one table, each a clear message (or a clean run) and nothing of the user's changed
+
+def _loop(path: Path) -> Path:
+    path.symlink_to(path)
+    return path
+
+
+def _dst_is_a_file(tmp, src):
+    (tmp / 'f.txt').write_text('x')
+    return src, tmp / 'f.txt'
+
+
+def _dst_is_a_link(tmp, src):
+    (tmp / 'ln').symlink_to(tmp)
+    return src, tmp / 'ln'
+
+
+def _dst_parent_is_a_file(tmp, src):
+    (tmp / 'f.txt').write_text('x')
+    return src, tmp / 'f.txt' / 'cub'
+
+
+def _image_is_a_looping_link(tmp, src):
+    image = _first_image(src / 'images')
+    image.unlink()
+    _loop(image)
+    return src, tmp / 'cub'
+
+
+def _annotation_file_not_text(tmp, src):
+    (src / 'classes.txt').write_bytes(b'\xff\xfe\x00x')
+    return src, tmp / 'cub'
+
+
+def _annotation_file_is_a_folder(tmp, src):
+    (src / 'images.txt').unlink()
+    (src / 'images.txt').mkdir()
+    return src, tmp / 'cub'
+
+
+def _annotation_file_unreadable(tmp, src):
+    (src / 'classes.txt').unlink()
+    (src / 'classes.txt').symlink_to('/proc/self/mem')  # a regular file whose first read fails (EIO), even for root
+    return src, tmp / 'cub'
+
+
+BAD_INPUT = [
+    # (name, set-up(tmp, src) -> (SRC, DST), extra args, return code, message)
+    ('DST is a file', _dst_is_a_file, [], 1, r'DST \S+/f\.txt exists and is not a directory'),
+    ('DST is a link', _dst_is_a_link, [], 1, r'DST \S+/ln is a symbolic link; give the real directory instead'),
+    ('DST holds SRC', lambda tmp, src: (src, src.parent), ['--overwrite'], 1,
+     r'DST \S+/dl contains the dataset being read \(\S+\); choose another DST'),
+    ("DST's parent is a file", _dst_parent_is_a_file, [], 1, r'the parent of DST, \S+/f\.txt, is not a directory'),
+    ("DST's parent is a looping link", lambda tmp, src: (src, _loop(tmp / 'loop') / 'cub'), [], 1,
+     r'the parent of DST, \S+/loop, is a broken or looping symbolic link'),
+    ('SRC missing', lambda tmp, src: (tmp / 'nowhere', tmp / 'cub'), [], 1, r'SRC \S+/nowhere is not a directory'),
+    ('SRC is a looping link', lambda tmp, src: (_loop(tmp / 'srcloop'), tmp / 'cub'), [], 1,
+     r'SRC \S+/srcloop is not a directory'),
+    ('an image is a looping link', _image_is_a_looping_link, [], 1,
+     r'1 image\(s\) listed in images\.txt are missing \(or not files\)'),
+    ('annotation file is not text', _annotation_file_not_text, [], 1,
+     r'\S+/classes\.txt is not a text file \(byte 0 is not UTF-8\); is it damaged\? extract it again'),
+    ('annotation file is a folder', _annotation_file_is_a_folder, [], 1, r'CUB image list images\.txt not found'),
+    pytest.param('annotation file unreadable', _annotation_file_unreadable, [], 1,
+                 r'\S+/classes\.txt cannot be read \(Input/output error\)',
+                 marks=pytest.mark.skipif(not os.path.exists('/proc/self/mem'), reason='needs Linux /proc')),
+    ('--workers 0', lambda tmp, src: (src, tmp / 'cub'), ['--workers', '0'], 2,
+     r"--workers: expected a whole number >= 1, got '0'"),
+    ('--workers -3', lambda tmp, src: (src, tmp / 'cub'), ['--workers', '-3'], 2,
+     r"--workers: expected a whole number >= 1, got '-3'"),
+]
+
+
+@pytest.mark.parametrize('name, setup, extra, rc, message', BAD_INPUT,
+                         ids=[b.values[0] if hasattr(b, 'values') else b[0] for b in BAD_INPUT])
+def test_bad_input_is_one_clear_message(tmp_path, capsys, name, setup, extra, rc, message):
+    root = make_cub(tmp_path / 'dl')[0]
+    src, dst = setup(tmp_path, root)
+    before = snapshot(tmp_path)
+    if rc == 2:  # argparse
+        with pytest.raises(SystemExit) as e:
+            prepare('cub', src, dst, *extra)
+        assert e.value.code == 2
+    else:
+        assert prepare('cub', src, dst, *extra) == rc
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert 'Traceback' not in err and err.startswith('usage: ' if rc == 2 else 'error: ')
+    assert snapshot(tmp_path) == before  # nothing created, nothing changed
+
+
+def test_bad_workers_from_python(tmp_path, cub_download):
+    for workers in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=re.escape(f'workers must be a whole number >= 1, got {workers!r}')):
+            prepare_dataset('cub', cub_download, tmp_path / 'cub', workers=workers)
+    assert not (tmp_path / 'cub').exists()
+
+
+def test_annotation_file_with_a_byte_order_mark_is_read(tmp_path, capsys):
+    root = make_cub(tmp_path / 'dl')[0]
+    for name in ('classes.txt', 'images.txt'):
+        (root / name).write_bytes(b'\xef\xbb\xbf' + (root / name).read_bytes())  # saved by a Windows editor
+    assert prepare('cub', root, tmp_path / 'cub') == 0
+    assert len(list((tmp_path / 'cub').rglob('*.jpg'))) == 12
+
+
+def test_paths_that_are_not_utf8_or_not_ascii(tmp_path, capsys):
+    parent = Path(os.fsdecode(bytes(tmp_path) + b'/dl-\xff'))  # a folder name no UTF-8 decoder accepts
+    root = make_cub(parent)[0]
+    dst = tmp_path / 'données' / 'cub – 鳥'
+    assert prepare('cub', root, dst) == 0
+    out = capsys.readouterr().out
+    assert '/dl-\\xff/CUB_200_2011 -> ' in out  # shown, not a UnicodeEncodeError on a UTF-8 terminal
+    assert f"train with: python train.py --data-dir '{dst}' --num-classes 3" in out  # quoted: it has spaces
+    meta = json.loads((dst / 'classes.json').read_text(encoding='utf-8'))
+    assert meta['source'].endswith('/dl-\\xff/CUB_200_2011')
+    assert all(p.resolve().is_file() for p in dst.rglob('*.jpg'))
+    assert prepare('cub', root, dst, '--overwrite') == 0  # the manifest keeps such names exactly
+
+
+@pytest.mark.skipif(ROOT_USER, reason='permission bits do not stop root')
+def test_unwritable_parent_and_unreadable_annotation_file(tmp_path, capsys):
+    root = make_cub(tmp_path / 'dl')[0]
+    locked = tmp_path / 'locked'
+    locked.mkdir()
+    locked.chmod(0o555)
+    (root / 'classes.txt').chmod(0)
+    try:
+        assert prepare('cub', root, locked / 'cub') == 1
+        assert f'error: {root / "classes.txt"} cannot be read (Permission denied)' in capsys.readouterr().err
+        (root / 'classes.txt').chmod(0o644)
+        assert prepare('cub', root, locked / 'cub') == 1
+        assert f'error: cannot create a folder in {locked}: Permission denied' in capsys.readouterr().err
+    finally:
+        locked.chmod(0o755)
+        (root / 'classes.txt').chmod(0o644)

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Dict, List, Set
 
-from .listing import Listing, PrepareError, Sample, list_names, lists_lacking_entries
+from .listing import Listing, PrepareError, Sample, list_names, lists_lacking_entries, read_text
 
 __all__ = ['TITLE', 'TOP_FOLDER', 'LEVELS', 'BANNER_HEIGHT', 'OFFICIAL_IMAGES', 'locate', 'read']
 
@@ -47,10 +47,7 @@ def locate(src: str) -> Path:
 
 
 def _read_classes(path: Path, level: str) -> List[str]:
-    if not path.is_file():
-        raise PrepareError(f'FGVC-Aircraft {level} list not found: {path}')
-    with open(path, encoding='utf-8') as f:
-        classes = [line.strip() for line in f if line.strip()]
+    classes = [line.strip() for line in read_text(path, f'FGVC-Aircraft {level} list').split('\n') if line.strip()]
     if not classes:
         raise PrepareError(f'{path} is empty (extract it again from fgvc-aircraft-2013b.tar.gz)')
     seen = set()
@@ -81,8 +78,7 @@ def _unknown_class(list_file: Path, lineno: int, name: str, cut: bool, class_fil
 
 def _ids(path: Path) -> Set[str]:
     """The image ids (first word of each line) of one of the split lists."""
-    with open(path, encoding='utf-8') as f:
-        return {line.split(' ', 1)[0].strip() for line in f if line.strip()}
+    return {line.split(' ', 1)[0].strip() for line in read_text(path, 'FGVC-Aircraft list').split('\n') if line.strip()}
 
 
 def _check_same_ids(data: Path, official: str, level: str, ids: Set[str]) -> None:
@@ -117,10 +113,7 @@ def read(src: str, level: str = 'variant', keep_banner: bool = False) -> Listing
     samples = []
     for split, official in SPLIT_FILES.items():
         list_file = data / f'images_{level}_{official}.txt'
-        if not list_file.is_file():
-            raise PrepareError(f'FGVC-Aircraft {official} list not found: {list_file}')
-        with open(list_file, encoding='utf-8') as f:
-            lines = f.readlines()
+        lines = read_text(list_file, f'FGVC-Aircraft {official} list').split('\n')  # ends in '' unless cut short
         ids = set()
         for lineno, raw in enumerate(lines, 1):
             line = raw.strip()
@@ -133,7 +126,7 @@ def read(src: str, level: str = 'variant', keep_banner: bool = False) -> Listing
                     f'(is the file truncated? extract it again)')
             image_id, name = parts[0], parts[1].strip()
             if name not in index:
-                cut = lineno == len(lines) and not raw.endswith('\n')
+                cut = lineno == len(lines)  # the last line has no line end: the file was cut there
                 raise _unknown_class(list_file, lineno, name, cut, data / class_file, classes, level)
             ids.add(image_id)
             samples.append(Sample(

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 __all__ = [
-    'PrepareError', 'Sample', 'Listing', 'SPLITS', 'safe_name', 'class_folder_names', 'read_id_value_file',
-    'id_ranges', 'list_names', 'list_paths', 'lists_lacking_entries', 'check_sources',
+    'PrepareError', 'Sample', 'Listing', 'SPLITS', 'safe_name', 'class_folder_names', 'read_text',
+    'read_id_value_file', 'id_ranges', 'list_names', 'list_paths', 'lists_lacking_entries', 'check_sources',
 ]
 
 SPLITS = ('train', 'val')
@@ -75,26 +75,39 @@ def class_folder_names(classes: Sequence[str]) -> List[str]:
 # ----------------------------------------------------------------------------------------------------------
 # annotation files
 
+def read_text(path: Path, what: str) -> str:
+    """The text of the annotation file ``path`` (UTF-8; a byte-order mark is dropped); a missing, unreadable
+    or undecodable file is a ``PrepareError`` naming it (``what``: how the message calls the file)."""
+    if not path.is_file():
+        raise PrepareError(f'{what} not found: {path}')
+    try:
+        with open(path, encoding='utf-8-sig') as f:  # universal newlines: lines end in '\n' only
+            return f.read()
+    except UnicodeDecodeError as e:
+        raise PrepareError(
+            f'{path} is not a text file (byte {e.start} is not UTF-8); is it damaged? extract it again from the '
+            f'archive') from None
+    except OSError as e:
+        raise PrepareError(f'{path} cannot be read ({e.strerror or e})') from None
+
+
 def read_id_value_file(path: Path, what: str, *, int_values: bool = False) -> Dict[int, str]:
     """Read a CUB-style ``<id> <value>`` file into an ordered {id: value} dict, with a clear error naming
     the file and line for anything that is not such a line (a truncated download, a wrong file)."""
-    if not path.is_file():
-        raise PrepareError(f'{what} not found: {path}')
     out: Dict[int, str] = {}
-    with open(path, encoding='utf-8') as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.split(None, 1)
-            if len(parts) != 2 or not parts[0].isdigit() or (int_values and not parts[1].strip().isdigit()):
-                expected = '<id> <number>' if int_values else '<id> <value>'
-                raise PrepareError(
-                    f'{path}, line {lineno}: expected "{expected}", got {line.rstrip()!r} '
-                    f'(is the file truncated? extract it again from the archive)')
-            key = int(parts[0])
-            if key in out:
-                raise PrepareError(f'{path}, line {lineno}: id {key} appears twice (the file is damaged)')
-            out[key] = parts[1].strip()
+    for lineno, line in enumerate(read_text(path, what).split('\n'), 1):
+        if not line.strip():
+            continue
+        parts = line.split(None, 1)
+        if len(parts) != 2 or not parts[0].isdigit() or (int_values and not parts[1].strip().isdigit()):
+            expected = '<id> <number>' if int_values else '<id> <value>'
+            raise PrepareError(
+                f'{path}, line {lineno}: expected "{expected}", got {line.rstrip()!r} '
+                f'(is the file truncated? extract it again from the archive)')
+        key = int(parts[0])
+        if key in out:
+            raise PrepareError(f'{path}, line {lineno}: id {key} appears twice (the file is damaged)')
+        out[key] = parts[1].strip()
     if not out:
         raise PrepareError(f'{path} is empty (the file is truncated; extract it again from the archive)')
     return out

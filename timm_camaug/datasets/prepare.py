@@ -5,10 +5,11 @@ split and class order. See ``docs/datasets.md`` for the whole path from download
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from typing import Optional
 
-from ..console import CLASS_MAP_FILE, format_bytes
+from ..console import CLASS_MAP_FILE, format_bytes, printable
 from .listing import Listing, PrepareError
 from .manifest import MANIFEST_FILE
 from .summary import format_summary, summary_warnings
@@ -62,6 +63,16 @@ def prepare_dataset(
                       progress=progress)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number >= 1, got {text!r}')
+    return n
+
+
 def register(subparsers) -> argparse.ArgumentParser:
     shared = argparse.ArgumentParser(add_help=False)
     shared.add_argument('src', metavar='SRC', help='the downloaded dataset (its own top folder, or the folder '
@@ -80,7 +91,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     shared.add_argument('--verify', choices=VERIFY_MODES, default='full',
                         help='check that each linked/copied image can be read: full decodes it (at reduced scale '
                              'for JPEG, default), header only parses its header, none skips the check')
-    shared.add_argument('--workers', type=int, default=None, metavar='N',
+    shared.add_argument('--workers', type=_positive_int, default=None, metavar='N',
                         help='threads for checking/writing images (default: min(8, CPU count))')
     shared.add_argument('-q', '--quiet', action='store_true', help='no progress bar')
 
@@ -120,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         check_destination(args.dst, args.overwrite, args.src)
         listing = read_listing(args.dataset, args.src, **options)
         level = f' ({listing.level} level)' if listing.level else ''
-        print(f'{listing.title}{level}: {listing.root} -> {os.path.abspath(args.dst)}')
+        print(f'{listing.title}{level}: {printable(listing.root)} -> {printable(os.path.abspath(args.dst))}')
         print(f'  {len(listing.samples):,} images, {len(listing.classes)} classes; files: '
               f'{_describe_files(listing, link)}')
         if listing.crop_bottom and explicit_link and explicit_link != 'copy':
@@ -128,19 +139,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         result = build_tree(listing, args.dst, link=link, verify=args.verify, overwrite=args.overwrite,
                             workers=args.workers, progress=not args.quiet,
-                            log=lambda m: print(m, file=sys.stderr))
+                            log=lambda m: print(printable(m), file=sys.stderr))
     except PrepareError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {printable(str(e))}', file=sys.stderr)
         return 1
     print(format_summary(listing, result))
     warnings = summary_warnings(listing, result)
     for w in warnings:
-        print(f'warning: {w}', file=sys.stderr)
+        print(f'warning: {printable(w)}', file=sys.stderr)
     if result.written_bytes:
         print(f'wrote {format_bytes(result.written_bytes)}')
-    class_map = os.path.join(result.dst, CLASS_MAP_FILE)  # result.dst is absolute: the hint works from anywhere
+    dst = printable(result.dst)  # absolute: the hint works from any directory
     needs_map = set(result.counts['train']) != set(result.counts['val'])
     n_classes = len(listing.classes) if needs_map else result.classes('train')
-    extra = f' --class-map {class_map}' if needs_map else ''
-    print(f'done: {result.dst}\ntrain with: python train.py --data-dir {result.dst} --num-classes {n_classes}{extra}')
+    extra = f' --class-map {shlex.quote(os.path.join(dst, CLASS_MAP_FILE))}' if needs_map else ''
+    print(f'done: {dst}\ntrain with: python train.py --data-dir {shlex.quote(dst)} --num-classes {n_classes}{extra}')
     return 0

@@ -1,6 +1,7 @@
 """ The summary after a build: images and classes per split next to the official counts, and the warnings
 about differences (a subset, classes missing from a split). """
 import os
+import shlex
 from typing import List
 
 from ..console import CLASS_MAP_FILE
@@ -29,7 +30,8 @@ def summary_warnings(listing: Listing, result: BuildResult) -> List[str]:
         out.append(
             f'train and val hold different classes ({len(train_set - val_set)} only in train, '
             f'{len(val_set - train_set)} only in val): timm numbers each split\'s folders on its own, so pass '
-            f'--class-map {os.path.join(result.dst, CLASS_MAP_FILE)} and --num-classes {len(listing.classes)} '
+            f'--class-map {shlex.quote(os.path.join(result.dst, CLASS_MAP_FILE))} and --num-classes '
+            f'{len(listing.classes)} '
             f'to train.py')
     return out
 
