@@ -339,6 +339,9 @@ BAD_INPUT = [
     ("DST's parent is a file", _dst_parent_is_a_file, [], 1, r'the parent of DST, \S+/f\.txt, is not a directory'),
     ("DST's parent is a looping link", lambda tmp, src: (src, _loop(tmp / 'loop') / 'cub'), [], 1,
      r'the parent of DST, \S+/loop, is a broken or looping symbolic link'),
+    ('DST is an empty string', lambda tmp, src: (src, ''), [], 1, r'DST is empty; give the folder to write'),
+    ('SRC is an empty string', lambda tmp, src: ('', tmp / 'cub'), [], 1,
+     r'SRC is empty; give the folder of the download'),
     ('SRC missing', lambda tmp, src: (tmp / 'nowhere', tmp / 'cub'), [], 1, r'SRC \S+/nowhere is not a directory'),
     ('SRC is a looping link', lambda tmp, src: (_loop(tmp / 'srcloop'), tmp / 'cub'), [], 1,
      r'SRC \S+/srcloop is not a directory'),
@@ -359,8 +362,10 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize('name, setup, extra, rc, message', BAD_INPUT,
                          ids=[b.values[0] if hasattr(b, 'values') else b[0] for b in BAD_INPUT])
-def test_bad_input_is_one_clear_message(tmp_path, capsys, name, setup, extra, rc, message):
+def test_bad_input_is_one_clear_message(tmp_path, capsys, monkeypatch, name, setup, extra, rc, message):
     root = make_cub(tmp_path / 'dl')[0]
+    (tmp_path / 'cwd').mkdir()
+    monkeypatch.chdir(tmp_path / 'cwd')  # an empty working directory: what an empty DST must not become
     src, dst = setup(tmp_path, root)
     before = snapshot(tmp_path)
     if rc == 2:  # argparse

@@ -39,6 +39,8 @@ def read_listing(dataset: str, src: str, **options) -> Listing:
     ``level`` ('variant', 'family', 'manufacturer') and ``keep_banner``."""
     if dataset not in DATASETS:
         raise PrepareError(f'unknown dataset {dataset!r}; choose one of {", ".join(DATASETS)}')
+    if not str(src).strip():  # an unset shell variable: not the current directory by accident
+        raise PrepareError('SRC is empty; give the folder of the download')
     module = importlib.import_module(f'.{DATASETS[dataset][0]}', __package__)
     return module.read(src, **options)
 

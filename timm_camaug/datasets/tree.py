@@ -126,6 +126,8 @@ def check_destination(dst: str, overwrite: bool, source_root: Optional[str] = No
     whatever the flags, so nothing the user owns is changed. A DST that is a file or a symbolic link, whose
     parent is not a folder, or that contains the dataset being read is refused too.
     """
+    if not str(dst).strip():  # an unset shell variable: not the current directory by accident
+        raise PrepareError('DST is empty; give the folder to write, e.g. data/cub')
     path = Path(os.path.abspath(dst))
     if path.is_symlink():
         raise PrepareError(f'DST {path} is a symbolic link; give the real directory instead')
@@ -162,14 +164,17 @@ def _new_folder(where: Path, prefix: str) -> Path:
 
 def _leftovers(dst: Path, log: Callable[[str], None]) -> None:
     """Report the temporary folders of interrupted runs (they are never deleted here)."""
+    def names(folder: Path) -> List[str]:
+        try:
+            return os.listdir(folder)
+        except OSError:  # missing, or a parent the user may enter but not list
+            return []
+
     parent = dst.parent
-    names = os.listdir(parent) if parent.is_dir() else []
-    tmp = [parent / n for n in names if n.startswith(f'{dst.name}.tmp-')]
-    old = [parent / n for n in names if n.startswith(f'{dst.name}.old-')]
-    if dst.is_dir():
-        inside = os.listdir(dst)
-        tmp += [dst / n for n in inside if n.startswith(_TMP_PREFIX)]
-        old += [dst / n for n in inside if n.startswith(_OLD_PREFIX)]
+    tmp = [parent / n for n in names(parent) if n.startswith(f'{dst.name}.tmp-')]
+    old = [parent / n for n in names(parent) if n.startswith(f'{dst.name}.old-')]
+    tmp += [dst / n for n in names(dst) if n.startswith(_TMP_PREFIX)]
+    old += [dst / n for n in names(dst) if n.startswith(_OLD_PREFIX)]
     if tmp:
         log(f'warning: leftovers of an interrupted run (safe to delete): {", ".join(map(str, sorted(tmp)))}')
     if old:
