@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_prepare import leftovers, make_aircraft, make_cub, prepare, snapshot
+from test_prepare import _jpeg, leftovers, make_aircraft, make_cub, prepare, snapshot
 from timm_camaug.datasets import prepare_dataset, tree
 from timm_camaug.datasets.listing import PrepareError
 from timm_camaug.datasets.manifest import MANIFEST_FILE, read_manifest
@@ -40,7 +40,6 @@ def _refused(dst: Path, *argv) -> None:
 # --overwrite replaces only an unchanged tree (issue 15, item 1)
 
 def _own_photo(path: Path, size=(40, 30)):
-    from test_prepare import _jpeg
     _jpeg(path, (9, 99, 199), size=size)
 
 
@@ -48,7 +47,6 @@ def _replace_with_own_photo(dst, root):
     victim = _first_image(dst / 'train')
     victim.unlink()
     _own_photo(victim)  # same name, the user's own bytes
-    return victim
 
 
 def _swap_one_for_own(dst, root):
@@ -79,36 +77,43 @@ def _edit_class_map_same_size(dst, root):
     (dst / 'class_map.txt').write_text(''.join(f'{x}\n' for x in lines))
 
 
-# (dataset and flags, what the user did, the first difference the refusal names)
+FOLDER = r'train/000_Black_footed_Albatross/\S+\.jpg'
+VAL_FOLDER = r'val/000_Black_footed_Albatross/\S+\.jpg'
+SIZE = r'[\d,]+ bytes'
+
+# (what the user did, dataset and flags, the change, the first difference the refusal names)
 CHANGED_TREES = [
-    (('aircraft',), lambda dst, root: _own_photo(dst / 'train' / '000_707-320' / 'mine.jpg'),
-     r'train/000_707-320/mine\.jpg was added \(a file of [\d,]+ bytes\)'),
-    (('cub', '--copy'), _replace_with_own_photo,
-     r'train/000_Black_footed_Albatross/\S+\.jpg has changed: it has [\d,]+ bytes, prepare wrote [\d,]+'),
-    (('cub', '--copy'), _swap_one_for_own,
-     r'train/000_Black_footed_Albatross/\S+\.jpg was removed \(prepare wrote a file of [\d,]+ bytes there\)'),
-    (('aircraft',), _swap_one_for_own,
-     r'train/000_707-320/\d+\.jpg was removed \(prepare wrote a file of [\d,]+ bytes there\)'),
-    (('cub',), lambda dst, root: _first_image(dst / 'val').unlink(),
-     r'val/000_Black_footed_Albatross/\S+\.jpg was removed \(prepare wrote a link to /\S+\.jpg there\)'),
-    (('cub',), _retarget_link, r'val/000_Black_footed_Albatross/\S+\.jpg has changed: it links to \S+mine\.jpg, '
-                               r'prepare linked it to /\S+'),
-    (('cub',), _link_becomes_file, r'val/000_Black_footed_Albatross/\S+\.jpg is now a file of [\d,]+ bytes; '
-                                   r'prepare wrote a link to /\S+'),
-    (('cub',), lambda dst, root: (dst / 'val' / 'extra').mkdir(), r'val/extra was added \(a folder\)'),
-    (('cub',), lambda dst, root: (dst / 'notes.txt').write_text('mine'), r'notes\.txt was added \(a file of 4 bytes\)'),
-    (('cub',), lambda dst, root: (dst / 'classes.json').unlink(),
-     r'classes\.json was removed \(prepare wrote a file of [\d,]+ bytes there\)'),
-    (('cub',), _edit_class_map_same_size, r'class_map\.txt has changed: same size, other content'),
-    (('cub',), lambda dst, root: (dst / MANIFEST_FILE).write_text('{"written_by": "timm'),
+    ('own photo added (aircraft crops)', ('aircraft',),
+     lambda dst, root: _own_photo(dst / 'train' / '000_707-320' / 'mine.jpg'),
+     rf'train/000_707-320/mine\.jpg was added \(a file of {SIZE}\)'),
+    ('own photo replaces a copy', ('cub', '--copy'), _replace_with_own_photo,
+     rf'{FOLDER} has changed: it has {SIZE}, prepare wrote [\d,]+'),
+    ('one copy swapped for own photo', ('cub', '--copy'), _swap_one_for_own,
+     rf'{FOLDER} was removed \(prepare wrote a file of {SIZE} there\)'),
+    ('one crop swapped for own photo', ('aircraft',), _swap_one_for_own,
+     rf'train/000_707-320/\d+\.jpg was removed \(prepare wrote a file of {SIZE} there\)'),
+    ('one link removed', ('cub',), lambda dst, root: _first_image(dst / 'val').unlink(),
+     rf'{VAL_FOLDER} was removed \(prepare wrote a link to /\S+\.jpg there\)'),
+    ('link re-pointed to own photo', ('cub',), _retarget_link,
+     rf'{VAL_FOLDER} has changed: it links to \S+mine\.jpg, prepare linked it to /\S+'),
+    ('link replaced by a copy', ('cub',), _link_becomes_file,
+     rf'{VAL_FOLDER} is now a file of {SIZE}; prepare wrote a link to /\S+'),
+    ('folder added', ('cub',), lambda dst, root: (dst / 'val' / 'extra').mkdir(), r'val/extra was added \(a folder\)'),
+    ('notes file added', ('cub',), lambda dst, root: (dst / 'notes.txt').write_text('mine'),
+     r'notes\.txt was added \(a file of 4 bytes\)'),
+    ('classes.json removed', ('cub',), lambda dst, root: (dst / 'classes.json').unlink(),
+     rf'classes\.json was removed \(prepare wrote a file of {SIZE} there\)'),
+    ('class_map.txt edited (same size)', ('cub',), _edit_class_map_same_size,
+     r'class_map\.txt has changed: same size, other content'),
+    ('manifest damaged', ('cub',), lambda dst, root: (dst / MANIFEST_FILE).write_text('{"written_by": "timm'),
      r'its manifest\.json cannot be read \(JSONDecodeError\)'),
-    (('cub',), lambda dst, root: (dst / MANIFEST_FILE).write_text('{"entries": []}'),
+    ("manifest not prepare's", ('cub',), lambda dst, root: (dst / MANIFEST_FILE).write_text('{"entries": []}'),
      r'its manifest\.json was not written by timm-camaug prepare'),
 ]
 
 
-@pytest.mark.parametrize('args, change, difference', CHANGED_TREES)
-def test_overwrite_refuses_a_tree_with_anything_added_removed_or_changed(tmp_path, capsys, args, change,
+@pytest.mark.parametrize('what, args, change, difference', CHANGED_TREES, ids=[c[0] for c in CHANGED_TREES])
+def test_overwrite_refuses_a_tree_with_anything_added_removed_or_changed(tmp_path, capsys, what, args, change,
                                                                          difference):
     dataset, *flags = args
     if dataset == 'cub':
@@ -180,7 +185,7 @@ def test_a_file_added_while_the_old_tree_is_removed_is_kept(tmp_path, cub_downlo
            f'train/000_Black_footed_Albatross/late.jpg: it changed while it was replaced' in capsys.readouterr().err
     # the next --overwrite names it (it is inside DST), and does not count it as the user's tree
     assert prepare('cub', cub_download, dst, '--overwrite') == 0
-    assert f'what an interrupted --overwrite was replacing (delete it once you have checked it): {old}' in \
+    assert f'warning: an earlier tree that --overwrite did not remove completely (check it, then delete it): {old}' in \
         capsys.readouterr().err
     assert late['path'].read_text() == 'mine'
 
@@ -189,7 +194,7 @@ def test_prepare_error_is_what_the_python_api_raises_for_a_changed_tree(tmp_path
     dst = tmp_path / 'cub'
     assert prepare('cub', cub_download, dst) == 0
     (dst / 'train' / 'mine.txt').write_text('x')
-    with pytest.raises(PrepareError, match=re.escape('(train/mine.txt was added (a file of 1 bytes))')):
+    with pytest.raises(PrepareError, match=re.escape('(train/mine.txt was added (a file of 1 byte))')):
         prepare_dataset('cub', cub_download, dst, overwrite=True, progress=False)
     assert (dst / 'train' / 'mine.txt').read_text() == 'x'
 
@@ -198,13 +203,14 @@ def test_prepare_error_is_what_the_python_api_raises_for_a_changed_tree(tmp_path
 # permissions (issue 15, item 2) and the user's own DST folder
 
 @pytest.mark.parametrize('umask', [0o022, 0o027, 0o002])
-def test_tree_has_the_permissions_mkdir_and_cp_give_under_the_umask(tmp_path, cub_download, umask):
+def test_tree_has_the_permissions_mkdir_and_cp_give_under_the_umask(tmp_path, umask):
+    root = make_cub(tmp_path / 'dl')[0]
     data, _ = make_aircraft(tmp_path / 'dl', per_class=1)
-    for p in (cub_download / 'images').rglob('*.jpg'):
+    for p in (root / 'images').rglob('*.jpg'):
         p.chmod(0o664)
     previous = os.umask(umask)
     try:
-        assert prepare('cub', cub_download, tmp_path / 'data' / 'cub', '--copy') == 0
+        assert prepare('cub', root, tmp_path / 'data' / 'cub', '--copy') == 0
         assert prepare('aircraft', data.parent, tmp_path / 'data' / 'aircraft') == 0
     finally:
         os.umask(previous)

@@ -35,7 +35,7 @@ class Entry:
     def describe(self) -> str:
         """The entry in words, for a message."""
         if self.kind == 'file':
-            return f'a file of {self.size:,} bytes'
+            return f'a file of {self.size:,} byte{"" if self.size == 1 else "s"}'
         if self.kind == 'link':
             return f'a link to {self.target}'
         return 'a folder' if self.kind == 'dir' else 'neither a file, a folder nor a link'

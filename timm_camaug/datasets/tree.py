@@ -178,7 +178,7 @@ def _leftovers(dst: Path, log: Callable[[str], None]) -> None:
     if tmp:
         log(f'warning: leftovers of an interrupted run (safe to delete): {", ".join(map(str, sorted(tmp)))}')
     if old:
-        log(f'warning: what an interrupted --overwrite was replacing (delete it once you have checked it): '
+        log(f'warning: an earlier tree that --overwrite did not remove completely (check it, then delete it): '
             f'{", ".join(map(str, sorted(old)))}')
 
 
