@@ -10,27 +10,35 @@ CLASS_MAP_FILE = 'class_map.txt'  # one class folder per line, in class-index or
 
 
 class ProgressBar(Protocol):
-    """What callers use of a bar: ``update(n)`` after each unit of work, ``close()`` at the end."""
+    """What callers use of a bar: ``update(n)`` after each unit of work, ``set_postfix(name=value, ...)`` for
+    figures shown after the count (tqdm's), ``close()`` at the end."""
 
     def update(self, n: int = 1) -> object: ...
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None: ...
 
     def close(self) -> None: ...
 
 
 class _PlainProgress:
-    """A bar without tqdm: the total once, then a line at every 10 % done."""
+    """A bar without tqdm: the total once, then a line at every 10 % done (with the latest postfix)."""
 
     def __init__(self, total: int, desc: str, unit: str, file: TextIO):
         self.total, self.desc, self.file = total, desc, file
-        self.n, self._next_report = 0, 0.1
+        self.n, self._next_report, self._postfix = 0, 0.1, ''
         print(f'{desc}: {total} {unit}s', file=file, flush=True)
 
     def update(self, n: int = 1) -> None:
         self.n += n
         if self.total and self.n / self.total >= self._next_report:
-            print(f'{self.desc}: {100 * self.n // self.total}% ({self.n}/{self.total})', file=self.file, flush=True)
+            print(f'{self.desc}: {100 * self.n // self.total}% ({self.n}/{self.total}){self._postfix}', file=self.file,
+                  flush=True)
             while self._next_report <= self.n / self.total:
                 self._next_report += 0.1
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
+        items = {**(ordered_dict or {}), **kwargs}
+        self._postfix = ''.join(f', {k}={v}' for k, v in items.items())
 
     def close(self) -> None:
         pass
@@ -38,6 +46,9 @@ class _PlainProgress:
 
 class _NoProgress:
     def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs) -> None:
         pass
 
     def close(self) -> None:
@@ -48,7 +59,18 @@ def progress_bar(total: int, desc: str, *, unit: str = 'item', enabled: bool = T
                  file: Optional[TextIO] = None) -> ProgressBar:
     """A progress bar over ``total`` units named ``unit`` (singular), on stderr unless ``file`` is given: tqdm's
     when tqdm is installed (it comes with timm through huggingface_hub), else plain lines; with ``enabled``
-    False, one that prints nothing. Always an object with ``update`` and ``close``."""
+    False, one that prints nothing. Always an object with ``update``, ``set_postfix`` and ``close``.
+
+    Examples:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> bar = progress_bar(4, 'demo', unit='step', file=out)
+        >>> for _ in range(4):
+        ...     bar.update()
+        >>> bar.close()
+        >>> '4/4' in out.getvalue()
+        True
+    """
     if not enabled:
         return _NoProgress()
     file = sys.stderr if file is None else file
