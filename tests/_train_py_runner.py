@@ -133,8 +133,8 @@ def install_probes():
     import timm_camaug.train_glue as glue
     create = glue.create_train_mix_fn
 
-    def probing_create(args, model, data_config=None, amp_autocast=None, device=None):
-        mix_fn = create(args, model, data_config, amp_autocast, device)
+    def probing_create(args, model, data_config=None, amp_autocast=None, device=None, *more):
+        mix_fn = create(args, model, data_config, amp_autocast, device, *more)
         module = glue.training_module(model)
         mode_autocast = getattr(mix_fn, 'amp_autocast', amp_autocast)
         _record('created', {

@@ -37,6 +37,13 @@ def main():
     model = data_config = amp_autocast = device = None
     mixup_fn = None
     mixup_active = args.mixup > 0
+    collate_fn = None
+    if mixup_active:
+        if args.prefetcher:
+            assert not getattr(args, 'aug_splits', 0)  # collate conflict
+            collate_fn = FastCollateMixup(args.mixup)
+        else:
+            mixup_fn = Mixup(args.mixup)
     if getattr(args, 'jsd_loss', False):
         train_loss_fn = 'jsd'
     elif mixup_active:
@@ -44,6 +51,7 @@ def main():
         train_loss_fn = 'soft'
     else:
         train_loss_fn = 'ce'
+    train_loss_fn = train_loss_fn.to(device=device)
 
     # setup checkpoint saver and eval metric tracking
     for epoch in range(2):
@@ -81,6 +89,8 @@ ANCHOR_REMOVALS = {
     3: ('    # setup checkpoint saver and eval metric tracking\n', ''),
     4: ('            if mixup_fn is not None:\n                input, target = mixup_fn(input, target)\n', ''),
     5: ('        train_metrics = train_one_epoch(', '        train_metrics = run_epoch('),
+    6: ('    train_loss_fn = train_loss_fn.to(device=device)\n', ''),
+    7: ('            collate_fn = FastCollateMixup(args.mixup)\n', '            collate_fn = None\n'),
 }
 
 
@@ -103,16 +113,16 @@ def run_cli(*argv):
 
 def test_fixture_is_recognised_and_compiles():
     compile(FIXTURE, 'fixture', 'exec')
-    assert [s.state for s in inspect_text(FIXTURE)] == ['stock'] * 5
+    assert [s.state for s in inspect_text(FIXTURE)] == ['stock'] * len(PARTS) and len(PARTS) == 7
 
 
-def test_patch_applies_all_five_parts_at_the_anchors():
+def test_patch_applies_every_part_at_its_anchor():
     patched = patch_text(FIXTURE)
-    assert [s.state for s in inspect_text(patched)] == ['applied'] * 5
+    assert [s.state for s in inspect_text(patched)] == ['applied'] * 7
     compile(patched, 'patched', 'exec')
     lines = patched.splitlines()
     marked = [ln for ln in lines if ln.endswith('  ' + MARKER)]
-    assert len(marked) == 9
+    assert len(marked) == 11
     # 1. module level, above the blank lines before `def _parse_args():`
     i = lines.index('def _parse_args():')
     assert lines[i - 4:i] == ['import timm_camaug.train_glue  # timm-camaug',
@@ -124,7 +134,7 @@ def test_patch_applies_all_five_parts_at_the_anchors():
     j = lines.index('    # setup checkpoint saver and eval metric tracking')
     assert lines[j - 2] == '    if timm_camaug.is_active(args):  # timm-camaug'
     assert lines[j - 1] == ('        mixup_fn = timm_camaug.train_glue.create_train_mix_fn('
-                            'args, model, data_config, amp_autocast, device)  # timm-camaug')
+                            'args, model, data_config, amp_autocast, device, train_loss_fn, mixup_fn)  # timm-camaug')
     # 4. the mix call sits after the prefetcher block, at the block statement's indent
     k = lines.index('        if not args.prefetcher:')
     assert lines[k + 1:k + 4] == [
@@ -139,10 +149,17 @@ def test_patch_applies_all_five_parts_at_the_anchors():
     assert MARKER not in lines[definition - 1]
     # the validation loop's prefetcher block is untouched
     assert "            input = input.to('cpu')" in lines
+    # 6. the train loss wrapped right where train.py builds it
+    n = lines.index('    train_loss_fn = train_loss_fn.to(device=device)')
+    assert lines[n + 1] == '    train_loss_fn = timm_camaug.train_glue.wrap_train_loss(train_loss_fn, args, model)  # timm-camaug'
+    # 7. the loader's collate mixes only without a mix mode; the other prefetcher tests are untouched
+    c = lines.index('            collate_fn = FastCollateMixup(args.mixup)')
+    assert lines[c - 2] == '        if args.prefetcher and not timm_camaug.is_active(args):  # timm-camaug'
+    assert sum(1 for ln in lines if 'args.prefetcher' in ln and MARKER in ln) == 1
 
 
 def test_patch_is_small():
-    assert changed_lines(FIXTURE, patch_text(FIXTURE)) == 12 <= 30
+    assert changed_lines(FIXTURE, patch_text(FIXTURE)) == 15 <= 30
 
 
 def test_patch_is_idempotent_and_reverts_byte_for_byte():
@@ -201,7 +218,7 @@ def test_two_missing_anchors_are_both_named():
 def test_not_a_train_py(tmp_path, capsys):
     p = write(tmp_path, 'import os\n\nprint(os.getcwd())\n', name='setup.py')
     assert run_cli(p) == 2
-    assert "does not look like timm's train.py: none of the five anchor lines was found" in capsys.readouterr().err
+    assert "does not look like timm's train.py: none of the anchor lines was found" in capsys.readouterr().err
     assert p.read_text() == 'import os\n\nprint(os.getcwd())\n'
 
 
@@ -239,7 +256,7 @@ def test_partly_patched_file_is_refused_until_reverted():
     patched = patch_text(FIXTURE)
     partial = patched.replace('    elif mixup_active or timm_camaug.is_active(args):  # timm-camaug',
                               '    elif mixup_active:')
-    with pytest.raises(PatchError, match=r'is partly patched \(part\(s\) 1, 3, 4, 5 applied, the others not\); '
+    with pytest.raises(PatchError, match=r'is partly patched \(part\(s\) 1, 3, 4, 5, 6, 7 applied, the others not\); '
                                          r'run `timm-camaug patch --revert` first'):
         patch_text(partial)
     assert revert_text(partial) == FIXTURE
@@ -324,7 +341,7 @@ def test_cli_patch_check_idempotent_revert(tmp_path, capsys):
     os.chmod(p, 0o640)
     assert run_cli('--check', p) == 1
     out = capsys.readouterr().out
-    assert out.count(': not applied') == 5 and 'would apply all five parts' in out
+    assert out.count(': not applied') == 7 and 'would apply all 7 parts' in out
 
     assert run_cli(p) == 0
     out = capsys.readouterr().out
@@ -339,7 +356,7 @@ def test_cli_patch_check_idempotent_revert(tmp_path, capsys):
 
     assert run_cli('--check', p) == 0
     out = capsys.readouterr().out
-    assert out.count(': applied') == 5 and out.rstrip().endswith(': patched')
+    assert out.count(': applied') == 7 and out.rstrip().endswith(': patched')
 
     assert run_cli('--revert', p) == 0
     assert f'reverted {p}' in capsys.readouterr().out
@@ -434,4 +451,4 @@ def test_patches_dir_diff_is_the_commands_output_format():
     minus = [ln for ln in body.splitlines() if ln.startswith('-') and not ln.startswith('---')]
     assert len(plus) + len(minus) <= 30
     assert all(ln.endswith('  ' + MARKER) for ln in plus)
-    assert len(plus) == 9 and len(minus) == 3
+    assert len(plus) == 11 and len(minus) == 4

@@ -15,10 +15,11 @@ from torch import nn
 
 from .args import check_train_args, is_active
 from .factory import create_mix_fn
+from .loss import MixedTargetLoss, has_auxiliary_outputs
 from .model_state import unwrap_model
 from .modes import MixMode
 
-__all__ = ['training_module', 'create_train_mix_fn']
+__all__ = ['training_module', 'wrap_train_loss', 'create_train_mix_fn']
 
 _logger = logging.getLogger(__name__)
 
@@ -33,12 +34,30 @@ def training_module(model: nn.Module) -> nn.Module:
     return module
 
 
+def wrap_train_loss(loss_fn: nn.Module, args: argparse.Namespace, model: nn.Module) -> nn.Module:
+    """train.py's train loss as the training step must compute it (patch part 6).
+
+    With a mix mode, a :class:`~timm_camaug.loss.MixedTargetLoss` that :func:`create_train_mix_fn` binds to the
+    mix function (targets completed after the forward); with a model that trains auxiliary heads (Baseline+),
+    one that adds their losses. Otherwise ``loss_fn`` itself: the stock loss, untouched.
+    """
+    module = training_module(model)
+    if not is_active(args) and not has_auxiliary_outputs(module):
+        return loss_fn
+    wrapped = MixedTargetLoss(loss_fn, module if has_auxiliary_outputs(module) else None)
+    if getattr(args, 'rank', 0) == 0:
+        _logger.info(f'timm-camaug: train loss {wrapped!r}')
+    return wrapped
+
+
 def create_train_mix_fn(
         args: argparse.Namespace,
         model: nn.Module,
         data_config: Optional[Dict[str, Any]] = None,
         amp_autocast: Optional[Callable[[], Any]] = None,
         device: Optional[Union[str, torch.device]] = None,
+        loss_fn: Optional[nn.Module] = None,
+        timm_mixup: Optional[Any] = None,
 ) -> MixMode:
     """train.py's ``mixup_fn`` for ``--mix-mode``: the mode built from ``args`` on the plain model.
 
@@ -49,6 +68,10 @@ def create_train_mix_fn(
         data_config: train.py's resolved data config (mean/std of the normalised batch).
         amp_autocast: train.py's ``amp_autocast`` (CAM and extractor forwards run under it).
         device: train.py's device.
+        loss_fn: train.py's train loss as part 6 of the patch wrapped it; bound to the mix function so that
+            targets a mode completes after the forward reach the loss.
+        timm_mixup: train.py's own ``Mixup`` (built from ``--mixup``/``--cutmix`` when the loader does not mix),
+            or None.
     """
     if not is_active(args):
         raise ValueError("create_train_mix_fn: --mix-mode is 'none'; train.py only calls this when a mode is set")
@@ -57,6 +80,12 @@ def create_train_mix_fn(
         raise ValueError('; '.join(problems))
     mix_fn = create_mix_fn(args, model=training_module(model), data_config=data_config,
                            amp_autocast=amp_autocast, device=device)
+    if isinstance(loss_fn, MixedTargetLoss):
+        loss_fn.bind(mix_fn)
+    elif mix_fn.reads_training_forward:
+        raise ValueError(f"--mix-mode {args.mix_mode} completes its targets from the training forward, but "
+                         "train.py's loss is not wrapped: patch train.py again (`timm-camaug patch --revert "
+                         "train.py`, then `timm-camaug patch train.py`)")
     if getattr(args, 'rank', 0) == 0:
         _logger.info(f'timm-camaug: --mix-mode {args.mix_mode}: {mix_fn!r}')
     return mix_fn

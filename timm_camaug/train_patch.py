@@ -2,16 +2,23 @@
 
 The edit is made by anchor text, not by line numbers or release: the anchor lines are the same from timm
 v1.0.20 to the current main branch while the lines around them are not, so one release's unified diff
-(``patches/``) does not apply to the others. Five parts, each marked with a trailing ``# timm-camaug``
+(``patches/``) does not apply to the others. Seven parts, each marked with a trailing ``# timm-camaug``
 comment so that ``--check`` and ``--revert`` find them exactly:
 
 1. before ``def _parse_args():`` (module level): import the plugin and ``add_args(parser)``, so that YAML
    ``--config`` values reach the new flags through ``parser.set_defaults`` like every other flag;
 2. ``elif mixup_active:`` (loss setup) also fires for a mix mode: ``SoftTargetCrossEntropy`` (or BCE);
-3. before ``# setup checkpoint saver and eval metric tracking``: build the mix function on the final model;
+3. before ``# setup checkpoint saver and eval metric tracking``: build the mix function on the final model,
+   bound to the wrapped train loss of part 6 (and taking train.py's own ``Mixup``, if any, as the rest of a
+   schedule);
 4. ``if mixup_fn is not None: input, target = mixup_fn(input, target)`` moves out of the
    ``if not args.prefetcher:`` block (a stock run with the prefetcher has ``mixup_fn`` None: unchanged);
-5. before each ``train_one_epoch(`` call: ``mixup_fn.set_epoch(epoch)`` when the mix function has one.
+5. before each ``train_one_epoch(`` call: ``mixup_fn.set_epoch(epoch)`` when the mix function has one;
+6. after ``train_loss_fn = train_loss_fn.to(device=device)``: the train loss is wrapped, before a task or
+   distillation wrapper takes it, so that it completes targets that a mode finishes from the training
+   forward and adds the auxiliary losses a model declares; it is the stock loss object itself otherwise;
+7. ``if args.prefetcher:`` of the block that builds ``FastCollateMixup``: with a mix mode the loader does not
+   mix (the batch would arrive mixed and be mixed again); train.py builds its ``Mixup`` instead.
 
 The file is rewritten whole (temporary file + rename) only after the edited text compiles and reverts
 to the original byte for byte; nothing is written when any anchor is missing. A file that cannot be read or
@@ -86,7 +93,7 @@ def _new(indent: str, code: str, eol: str) -> _Line:
     return _Line(indent + code + _SUFFIX, eol or '\n')
 
 
-# --- the five parts
+# --- the parts
 
 @dataclass(frozen=True)
 class _Part:
@@ -153,7 +160,7 @@ def _p2_revert(lines, i):
 _P3_ANCHOR = '# setup checkpoint saver and eval metric tracking'
 _P3_LINES = ('if timm_camaug.is_active(args):',
              _INDENT + 'mixup_fn = timm_camaug.train_glue.create_train_mix_fn('
-                       'args, model, data_config, amp_autocast, device)')
+                       'args, model, data_config, amp_autocast, device, train_loss_fn, mixup_fn)')
 
 
 def _p3_find(lines):
@@ -283,6 +290,69 @@ def _p5_revert(lines, i):
     del lines[i:i + 2]
 
 
+# part 6: the train loss, wrapped right after train.py builds it (before a task or distillation wrapper takes it)
+_P6_RE = re.compile(r'^\s*train_loss_fn = train_loss_fn\.to\(device=device\)\s*$')
+_P6_LINE = 'train_loss_fn = timm_camaug.train_glue.wrap_train_loss(train_loss_fn, args, model)'
+
+
+def _p6_find(lines):
+    return [i for i, ln in enumerate(lines) if _P6_RE.match(ln.text)
+            and not (i + 1 < len(lines) and lines[i + 1].text == ln.indent + _P6_LINE + _SUFFIX)]
+
+
+def _p6_find_applied(lines):
+    return [i + 1 for i, ln in enumerate(lines[:-1]) if _P6_RE.match(ln.text)
+            and lines[i + 1].text == ln.indent + _P6_LINE + _SUFFIX]
+
+
+def _p6_apply(lines, i):
+    lines[i + 1:i + 1] = [_new(lines[i].indent, _P6_LINE, lines[i].eol)]
+
+
+def _p6_revert(lines, i):
+    del lines[i]
+
+
+# part 7: with a mix mode, the loader does not mix (FastCollateMixup); train.py builds its Mixup instead,
+# which the mix function takes as the rest of a schedule
+_P7_HEAD = 'if args.prefetcher:'
+_P7_NEW = 'if args.prefetcher and not timm_camaug.is_active(args):'
+_P7_BODY = 'collate_fn = FastCollateMixup('
+
+
+def _p7_blocks(lines, head_text):
+    """Indices of ``head_text`` lines whose block holds the FastCollateMixup collate."""
+    out = []
+    for i, ln in enumerate(lines):
+        if ln.stripped != head_text:
+            continue
+        for j in range(i + 1, len(lines)):
+            if lines[j].blank:
+                continue
+            if len(lines[j].indent) <= len(ln.indent):
+                break
+            if lines[j].stripped.startswith(_P7_BODY):
+                out.append(i)
+                break
+    return out
+
+
+def _p7_find(lines):
+    return _p7_blocks(lines, _P7_HEAD)
+
+
+def _p7_find_applied(lines):
+    return _p7_blocks(lines, _P7_NEW + _SUFFIX)
+
+
+def _p7_apply(lines, i):
+    lines[i] = _Line(lines[i].indent + _P7_NEW + _SUFFIX, lines[i].eol)
+
+
+def _p7_revert(lines, i):
+    lines[i] = _Line(lines[i].indent + _P7_HEAD, lines[i].eol)
+
+
 PARTS: Tuple[_Part, ...] = (
     _Part(1, 'import timm_camaug and add its flags to the parser', 'def _parse_args():',
           _p1_find, _p1_find_applied, _p1_apply, _p1_revert),
@@ -295,6 +365,10 @@ PARTS: Tuple[_Part, ...] = (
           _p4_find, _p4_find_applied, _p4_apply, _p4_revert),
     _Part(5, 'mixup_fn.set_epoch(epoch) before each epoch', 'train_one_epoch( (a call)',
           _p5_find, _p5_find_applied, _p5_apply, _p5_revert, many=True),
+    _Part(6, 'wrap the train loss (targets completed after the forward, auxiliary losses)',
+          'train_loss_fn = train_loss_fn.to(device=device)', _p6_find, _p6_find_applied, _p6_apply, _p6_revert),
+    _Part(7, 'the loader does not mix when a mix mode is on',
+          f'{_P7_HEAD} (the block that builds FastCollateMixup)', _p7_find, _p7_find_applied, _p7_apply, _p7_revert),
 )
 
 
@@ -333,13 +407,13 @@ def _status(lines: List[_Line]) -> List[PartStatus]:
 
 
 def inspect_text(text: str) -> List[PartStatus]:
-    """The state of each of the five parts in the text of a train.py."""
+    """The state of each part in the text of a train.py."""
     return _status(_split(text))
 
 
 def _check_recognised(statuses: List[PartStatus], name: str) -> None:
     if all(s.state == 'missing' for s in statuses):
-        raise PatchError(f"{name} does not look like timm's train.py: none of the five anchor lines was found "
+        raise PatchError(f"{name} does not look like timm's train.py: none of the anchor lines was found "
                          f"(expected e.g. 'def _parse_args():', 'elif mixup_active:', '{_P3_ANCHOR}')")
     bad = [s for s in statuses if s.state in ('missing', 'ambiguous')]
     if bad:
@@ -550,7 +624,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         'patch', help="add --mix-mode to a timm checkout's train.py (by anchor text; --check, --revert)",
         description="Edit timm's stock train.py (a file, or a checkout directory holding one) so that it accepts "
-                    "--mix-mode and the per-mode flags, from the command line or a --config YAML file. The five "
+                    "--mix-mode and the per-mode flags, from the command line or a --config YAML file. The "
                     f"changed places are marked '{MARKER}'. Works by anchor text (timm v1.0.20 to main); "
                     "idempotent; the file is rewritten atomically or not at all.")
     p.add_argument('path', metavar='PATH', help='train.py, or the timm checkout directory that holds it')
@@ -619,5 +693,5 @@ def _run_check(p: Path, out, err) -> int:
     if patched == text:
         print(f"{p}: patched", file=out)
         return 0
-    print(f"{p}: not patched; `timm-camaug patch {p}` would apply all five parts", file=out)
+    print(f"{p}: not patched; `timm-camaug patch {p}` would apply all {len(PARTS)} parts", file=out)
     return 1
