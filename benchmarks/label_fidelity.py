@@ -33,8 +33,7 @@ from _common import machine, markdown_table, save_json  # noqa: E402
 
 import timm_camaug  # noqa: E402
 from timm_camaug import fidelity as fd  # noqa: E402
-from timm_camaug.boxes import box_area  # noqa: E402
-from timm_camaug.demo import train_synthetic  # noqa: E402
+from timm_camaug.train_loop import train_synthetic  # noqa: E402
 from timm_camaug.pixels import normalize  # noqa: E402
 from timm_camaug.synthetic import make_split  # noqa: E402
 
@@ -114,23 +113,17 @@ def mode_runner(mode: str, model, args, data_config, area_labels=False, **opts):
     def run(x, y, masks):
         params = mix_fn.make_params(x, y)
         _, soft = mix_fn.apply(x, y, params)
-        if mode in ('gutout', 'cam-erase'):
-            if mode == 'gutout':
-                erased = mix_fn.cut_masks(params) if params.cam is not None else torch.zeros_like(masks)
-            else:
-                from timm_camaug.boxes import box_masks
-                erased = box_masks(params.boxes.cpu(), masks.shape[-2:]) & params.active.cpu()[:, None, None]
-            vis = fd.erase_visible_fraction(erased, masks)
+        soft = mix_fn.finalize(soft)
+        vis_a, vis_b, active = fd.visible_fractions(mix_fn, params, masks)
+        if not mix_fn.mixes_pairs:      # erasing: one label at weight 1, over the samples it was applied to
             w = soft.gather(1, y[:, None])[:, 0]
-            return fd.fidelity_errors(w, vis, keep=params.active)
-        vis_a, vis_b, active = fd.mix_visible_fractions(params, masks)
-        w_a, w_b = fd.label_weights(soft, y, params.perm)
-        if area_labels:     # SnapMix's boxes, CutMix's labels
-            valid = active & (box_area(params.box_t) > 0) & (box_area(params.box_s) > 0)
-            frac = box_area(params.box_t).double() / float(masks.shape[-2] * masks.shape[-1])
-            w_b = torch.where(valid, frac, torch.zeros_like(frac))
-            w_a = 1.0 - w_b
-        keep = active & (y != y[params.perm])
+            return fd.fidelity_errors(w, vis_a, keep=active)
+        perm = mix_fn.regions(params, masks.shape[-2:]).perm
+        w_a, w_b = fd.label_weights(soft, y, perm)
+        if area_labels:     # the mode's own regions, CutMix's area-proportional labels
+            frac = mix_fn.regions(params, masks.shape[-2:]).target.flatten(1).double().mean(1)
+            w_a, w_b = 1.0 - frac, frac
+        keep = active & (y != y[perm])
         return fd.fidelity_errors(w_a, vis_a, w_b, vis_b, keep)
     return run
 

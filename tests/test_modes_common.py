@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_same_state, fill_grads, state_snapshot
-from timm_camaug import MIX_MODES, add_args, create_mix_fn
+from timm_camaug import MIX_MODES, add_args, create_mix_fn, get_mode_class
 from timm_camaug.targets import smooth_one_hot
 
 K = 6
 LABEL_PRESERVING = ('gutout', 'cam-erase')    # erasing modes: targets stay the (smoothed) one-hot
 SUM_TO_ONE = ('saliencymix', 'attentive')     # mixing modes whose two weights sum to 1
-DEFAULT_PROB = {'snapmix': 1.0, 'saliencymix': 1.0, 'attentive': 1.0, 'gutout': 1.0, 'cam-erase': 0.5}
 
 
 @pytest.fixture(scope='module')
@@ -106,7 +105,7 @@ def test_prob_zero_and_disabled_leave_batch_untouched(mode, extractor):
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_default_prob_and_epoch_hooks(mode, extractor):
     mix = build(mode, _model(), extractor, prob=None)
-    assert mix.prob == DEFAULT_PROB[mode]
+    assert mix.prob == get_mode_class(mode).default_prob
     assert mix.mixup_enabled is True
     assert mix.epoch == 0
     mix.set_epoch(3)
@@ -210,13 +209,12 @@ def test_targets_checked_once_per_call(mode, extractor, monkeypatch):
     """Checking the labels' range costs a host-device sync: a call checks them once, not in both steps."""
     import importlib
     from timm_camaug import targets
-    from timm_camaug.modes import MODE_PATHS
     calls = []
 
     def counting(*a, **k):
         calls.append(1)
         return targets.prepare_targets(*a, **k)
-    for module in ('timm_camaug.modes.base', MODE_PATHS[mode].split(':')[0]):
+    for module in ('timm_camaug.modes.base', get_mode_class(mode).__module__):
         module = importlib.import_module(module)
         if hasattr(module, 'prepare_targets'):
             monkeypatch.setattr(module, 'prepare_targets', counting)
@@ -331,7 +329,7 @@ def test_create_from_train_args(mode, extractor):
     kw = {'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}
     mix = create_mix_fn(args, model=_model(), data_config={'input_size': (3, 64, 64)}, **kw)
     assert mix.name == mode and mix.num_classes == K and mix.label_smoothing == 0.1
-    assert mix.prob == DEFAULT_PROB[mode]
+    assert mix.prob == get_mode_class(mode).default_prob
     if mode == 'cam-erase':
         assert mix.warmup_epochs == 5, 'built from args, the warm-up is half of --epochs'
         assert build(mode, _model(), extractor).warmup_epochs == 0, 'built by name, there is no warm-up'

@@ -5,8 +5,8 @@ import torch
 
 from timm_camaug import MIX_MODES
 from timm_camaug.cli import main
-from timm_camaug.preview import _cell_boxes, checkpoint_num_classes, guidance_overlays, parse_mode_options, \
-    read_class_names
+from timm_camaug.preview import parse_mode_options
+from timm_camaug.readers import ReadError, checkpoint_num_classes, read_class_names
 
 
 def _png_size(path):
@@ -46,7 +46,7 @@ def test_preview_real_model_labels_the_cat_and_maps_it(mode, offline_preview_dep
     render = preview.render_preview
 
     def spy(*a, **kw):
-        seen.update(labels=a[2], params=a[5])
+        seen.update(mix_fn=a[0], labels=a[2], params=a[5])
         return render(*a, **kw)
     monkeypatch.setattr(preview, 'render_preview', spy)
     assert main(['preview', '--mode', mode, '--output', str(tmp_path / 'p.png')]) == 0
@@ -56,7 +56,7 @@ def test_preview_real_model_labels_the_cat_and_maps_it(mode, offline_preview_dep
     params, labels = seen['params'], seen['labels']
     if mode == 'snapmix':   # a pair of one label gets both weights summed, and says so
         assert ('same label: weights summed' in line) == bool(labels[0] == labels[params.perm[0]])
-    cam = guidance_overlays(params, 4)[0].float()
+    cam = seen['mix_fn'].image_guidance(params)[0].float()
     assert tuple(cam.shape) == (224, 224)
     # the face in the 224 centre crop: eyes (rows 64-112), nose and mouth (rows 165-200); outside it lie
     # the forehead, the cheeks' edges and the chin. Chance share of the top 20 %: the face's area, 0.51.
@@ -144,15 +144,15 @@ def test_read_class_names_formats(tmp_path):
     plain.write_text('001.Black_footed_Albatross\n002.Laysan_Albatross\n')
     assert read_class_names(str(plain)) == ['001.Black_footed_Albatross', '002.Laysan_Albatross']
     plain.write_text('a\n\nc\n')
-    with pytest.raises(SystemExit, match=r"class 1 has an empty name"):
+    with pytest.raises(ReadError, match=r"class 1 has an empty name"):
         read_class_names(str(plain))
-    with pytest.raises(SystemExit, match=r"--class-names file '.*nope\.txt' does not exist"):
+    with pytest.raises(ReadError, match=r"--class-names file '.*nope\.txt' does not exist"):
         read_class_names(str(tmp_path / 'nope.txt'))
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(SystemExit, match=r"a folder must hold classes\.json or class_map\.txt"):
+    with pytest.raises(ReadError, match=r"a folder must hold classes\.json or class_map\.txt"):
         read_class_names(str(tmp_path / 'empty'))
     (tmp_path / 'bad.json').write_text('{"classes": [{"index": 0}]}')
-    with pytest.raises(SystemExit, match=r"expected timm-camaug prepare's classes\.json"):
+    with pytest.raises(ReadError, match=r"expected timm-camaug prepare's classes\.json"):
         read_class_names(str(tmp_path / 'bad.json'))
 
 
@@ -190,28 +190,34 @@ def test_parse_mode_options_types():
 
 def test_saliencymix_overlay_is_each_images_own_map():
     """SaliencyMix stores the maps of x[perm]; the preview shows image i its own map."""
+    from timm_camaug import create_mix_fn
     from timm_camaug.modes.saliencymix import SaliencyMixParams
+    mix_fn = create_mix_fn('saliencymix', num_classes=3)
     perm = torch.tensor([2, 0, 3, 1])
     sal = perm[:, None, None].expand(4, 5, 5).to(torch.uint8)     # map j is tagged with the image it belongs to
     p = SaliencyMixParams(torch.ones(4, dtype=torch.bool), perm, torch.ones(4, dtype=torch.float64),
                           torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long), sal)
-    maps = guidance_overlays(p, 4)
+    maps = mix_fn.image_guidance(p)
     assert [int(maps[i, 0, 0]) for i in range(4)] == [0, 1, 2, 3]
     # 'official': one map, of x[perm[0]], shown on that image only
     p1 = SaliencyMixParams(torch.ones(4, dtype=torch.bool), perm, torch.ones(4, dtype=torch.float64),
                            torch.zeros(4, 2, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long), sal[:1])
-    maps = guidance_overlays(p1, 4)
+    maps = mix_fn.image_guidance(p1)
     assert not bool(torch.isnan(maps[2]).any()) and bool(torch.isnan(maps[[0, 1, 3]]).all())
 
 
 @pytest.mark.parametrize('hw, grid', [((64, 64), (7, 7)), ((50, 37), (4, 3)), ((224, 224), (7, 7))])
 def test_cell_boxes_cover_exactly_the_pasted_cells(hw, grid):
-    from timm_camaug.boxes import box_masks, cell_masks
+    from timm_camaug.boxes import box_masks, cell_boxes, cell_masks
     g = torch.Generator().manual_seed(0)
     cells = torch.rand(grid, generator=g) < 0.3
-    boxes = _cell_boxes(cells, hw)
-    drawn = box_masks(boxes, hw).any(0) if len(boxes) else torch.zeros(hw, dtype=torch.bool)
-    assert torch.equal(drawn, cell_masks(cells[None], hw)[0])
+    boxes = cell_boxes(torch.stack([cells, ~cells, torch.zeros_like(cells)]), hw)    # k = the most cells selected
+    assert boxes.shape == (3, max(int(cells.sum()), int((~cells).sum())), 4)
+    for i, sel in enumerate((cells, ~cells, torch.zeros_like(cells))):
+        drawn = box_masks(boxes[i], hw).any(0)
+        assert torch.equal(drawn, cell_masks(sel[None], hw)[0])
+        kept = boxes[i][(boxes[i][:, 1] > boxes[i][:, 0])]       # the non-empty boxes: one per selected cell
+        assert len(kept) == int(sel.sum())
 
 
 def test_offline_efficientnet_lite0_loader(monkeypatch):
@@ -270,34 +276,39 @@ def test_render_preview_notes_same_label_pairs_and_draws_gutout_on_its_threshold
     n, h, w = 3, 32, 32
     x = torch.rand(n, 3, h, w)
     labels = torch.tensor([4, 4, 2])
-    mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    import timm
+    from timm_camaug import create_mix_fn
+    model = timm.create_model('test_resnet', num_classes=5)
+    identity = {'mean': (0.0, 0.0, 0.0), 'std': (1.0, 1.0, 1.0), 'input_size': (3, h, w)}
+    snapmix = create_mix_fn('snapmix', model=model, data_config=identity, check_model=False)
+    gutout = create_mix_fn('gutout', model=model, data_config=identity, check_model=False)
     box = torch.tensor([[0, 16, 0, 16]] * n)
     half = torch.full((n,), 0.5, dtype=torch.float64)
     snap = SnapMixParams(torch.ones(n, dtype=torch.bool), torch.tensor([1, 0, 2]), half, half, box, box,
                          torch.full((n, h, w), 1.0 / (h * w)))
     soft = torch.zeros(n, 5)
     soft[0, 4], soft[1, 4], soft[2, 2] = 1.7, 1.9, 1.5
-    render_preview('snapmix', x, labels, x, soft, snap, mean, std, str(tmp_path / 's.png'))
+    render_preview(snapmix, x, labels, x, soft, snap, str(tmp_path / 's.png'))
     results = [t for t in labels_seen if ' x class ' in t]
     # rows 0 and 1 pair label 4 with label 4; row 2 is mixed with itself (one image of label 2)
     assert len(results) == 3 and all('same label: weights summed' in t for t in results) and not contours
     snap.perm = torch.tensor([2, 0, 1])
     labels_seen.clear()
     soft = torch.tensor([[0, 0, 0.3, 0, 0.7], [0, 0, 0, 0, 1.8], [0, 0, 0.6, 0, 0.4]])
-    render_preview('snapmix', x, labels, x, soft, snap, mean, std, str(tmp_path / 's.png'))
+    render_preview(snapmix, x, labels, x, soft, snap, str(tmp_path / 's.png'))
     results = [t for t in labels_seen if ' x class ' in t]
     assert ['same label' in t for t in results] == [False, True, False]
-    snap.spm[0] = float('nan')       # an empty map: area weights (adding up to 1), not summed
+    snap.guidance[0] = float('nan')       # an empty map: area weights (adding up to 1), not summed
     labels_seen.clear()
-    render_preview('snapmix', x, labels, x, soft, snap, mean, std, str(tmp_path / 's.png'))
+    render_preview(snapmix, x, labels, x, soft, snap, str(tmp_path / 's.png'))
     assert not any('same label' in t for t in labels_seen)
     # gutout: a CAM / max that peaks at 0.8 (a batch-normalised map), cut above t = 0.3 in rows 0 and 2
     labels_seen.clear()
     ramp = torch.linspace(0, 0.8, w)[None, None].expand(n, h, w).contiguous()
     gut = GutoutParams(torch.tensor([True, False, True]), torch.tensor([0.3, 0.3, 0.5]), ramp)
-    render_preview('gutout', x, labels, x, torch.eye(5)[labels], gut, mean, std, str(tmp_path / 'g.png'))
+    render_preview(gutout, x, labels, x, torch.eye(5)[labels], gut, str(tmp_path / 'g.png'))
     maps = [t for t in labels_seen if t.startswith('CAM / max')]
-    assert 't = 0.30' in maps[0] and 'not cut' in maps[1] and 't = 0.50' in maps[2]
+    assert 't = 0.30' in maps[0] and 'not applied' in maps[1] and 't = 0.50' in maps[2]
     assert [kw['levels'] for _, kw in contours] == [[pytest.approx(0.3)], [0.5]]
     # the colours are the map's own values: the cmap's colour of 0.8 at the peak, not of 1.0
     jet = colormaps['jet']

@@ -121,7 +121,7 @@ def test_official_reproduces_the_released_code(cv2):
         released = [np.clip(cx - cut_w // 2, 0, W), np.clip(cx + cut_w // 2, 0, W),
                     np.clip(cy - cut_h // 2, 0, H), np.clip(cy + cut_h // 2, 0, H)]
         assert params.boxes.tolist() == [[int(v) for v in released]] * 4
-        assert params.saliency.shape == (1, 112, 112)
+        assert params.guidance.shape == (1, 112, 112)
 
 
 def test_replay_from_fixed_params():
@@ -130,7 +130,7 @@ def test_replay_from_fixed_params():
     boxes = torch.tensor([[0, 10, 5, 20], [3, 30, 0, 36], [7, 8, 9, 10], [0, 0, 0, 0]])
     params = SaliencyMixParams(active=torch.ones(4, dtype=torch.bool), perm=perm,
                                lam=torch.full((4,), 0.5, dtype=torch.float64),
-                               peaks=torch.zeros(4, 2, dtype=torch.long), boxes=boxes, saliency=None)
+                               peaks=torch.zeros(4, 2, dtype=torch.long), boxes=boxes, guidance=None)
     mix = make()
     xm, t = mix.apply(x, y, params)
     assert torch.equal(xm, reference_mix(x, perm, boxes))
@@ -170,7 +170,7 @@ def test_prob_zero_and_mixup_disabled(variant):
         xm, t = mix(x, y)
         assert xm is x
         assert torch.equal(t, smooth_one_hot(y, K, 0.1))
-        assert mix.make_params(x, y).saliency is None
+        assert mix.make_params(x, y).guidance is None
 
 
 def test_default_prob_and_options():
@@ -245,10 +245,10 @@ def test_maps_stored_for_replay_match_the_detector():
     x, y = photos()
     mix = make(seed=7)
     params = mix.make_params(x, y)
-    assert torch.equal(params.saliency, fine_grained_saliency(to_uint8(x[params.perm], MEAN, STD)))
-    assert torch.equal(params.peaks, saliency_peaks(params.saliency))
+    assert torch.equal(params.guidance, fine_grained_saliency(to_uint8(x[params.perm], MEAN, STD)))
+    assert torch.equal(params.peaks, saliency_peaks(params.guidance))
     off = make(seed=7, variant='official').make_params(x, y)
-    assert torch.equal(off.saliency, opencv_float_saliency(x[off.perm[0]][None]))
+    assert torch.equal(off.guidance, opencv_float_saliency(x[off.perm[0]][None]))
 
 
 def test_errors():

@@ -75,7 +75,7 @@ def test_matches_the_reference_algorithm(bn):
     y = torch.tensor([0, 1, 2, 3, 4, 0, 1, 1])   # repeated labels exercise the same-label rule
     p = mix.make_params(x, y)
     spm = reference_spm(model, x, y, bn)
-    torch.testing.assert_close(p.spm, spm, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(p.guidance, spm, rtol=1e-4, atol=1e-7)
     xm, t = mix.apply(x, y, p)
     rx, lam_a, lam_b = reference_mix(x, y, spm, p)
     torch.testing.assert_close(xm, rx, rtol=1e-4, atol=1e-4)
@@ -93,8 +93,8 @@ def test_same_label_weights_are_both_the_sum():
     y = torch.tensor([2, 2, 2, 2])
     p = _mix(model, seed=2).make_params(x, y)
     _, t = _mix(model).apply(x, y, p)
-    w_a = 1 - (p.spm * _box_mask(p.box_t, 64, 64)).sum((1, 2))
-    w_b = (p.spm[p.perm] * _box_mask(p.box_s, 64, 64)).sum((1, 2))
+    w_a = 1 - (p.guidance * _box_mask(p.box_t, 64, 64)).sum((1, 2))
+    w_b = (p.guidance[p.perm] * _box_mask(p.box_s, 64, 64)).sum((1, 2))
     torch.testing.assert_close(t[:, 2], 2 * (w_a + w_b), rtol=1e-5, atol=1e-6)
     assert (t[:, [0, 1, 3, 4]] == 0).all()
 
@@ -115,8 +115,8 @@ def test_constant_maps_fall_back_to_area(y):
     y = torch.tensor(y)
     mix = _mix(model, seed=5)
     p = mix.make_params(x, y)
-    p.spm = semantic_percent_map_normalise(torch.full((4, 64, 64), 3.0))   # a constant CAM
-    assert torch.isnan(p.spm).all()
+    p.guidance = semantic_percent_map_normalise(torch.full((4, 64, 64), 3.0))   # a constant CAM
+    assert torch.isnan(p.guidance).all()
     _, t = mix.apply(x, y, p)
     assert torch.isfinite(t).all()
     area = float(box_area(p.box_t)[0]) / (64 * 64)
@@ -202,7 +202,7 @@ def test_non_linear_head_falls_back_to_gradcam(caplog):
     assert 'falls back to Grad-CAM' in caplog.text
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 1])
     p = mix.make_params(x, y)
-    torch.testing.assert_close(p.spm.sum((1, 2)), torch.ones(2))
+    torch.testing.assert_close(p.guidance.sum((1, 2)), torch.ones(2))
 
 
 def test_finer_layer_and_reduced_scale_options(caplog):
@@ -211,14 +211,14 @@ def test_finer_layer_and_reduced_scale_options(caplog):
     with caplog.at_level(logging.WARNING):
         fine = _mix(model, cam_layer='layer3').make_params(x, y)
     assert 'falls back' not in caplog.text      # asked for, so no warning
-    torch.testing.assert_close(fine.spm, semantic_percent_map_normalise(
+    torch.testing.assert_close(fine.guidance, semantic_percent_map_normalise(
         class_activation_maps(model, x, y, method='gradcam', target_layer='layer3', bn='batch')),
         rtol=1e-4, atol=1e-7)
     coarse = _mix(model).make_params(x, y)
-    assert fine.spm.shape == coarse.spm.shape == (3, 64, 64)
-    torch.testing.assert_close(fine.spm.sum((1, 2)), torch.ones(3))
+    assert fine.guidance.shape == coarse.guidance.shape == (3, 64, 64)
+    torch.testing.assert_close(fine.guidance.sum((1, 2)), torch.ones(3))
     small = _mix(model, cam_scale=0.5).make_params(x, y)
-    torch.testing.assert_close(small.spm.sum((1, 2)), torch.ones(3))
+    torch.testing.assert_close(small.guidance.sum((1, 2)), torch.ones(3))
 
 
 def test_spm_floor_zero_keeps_only_positive_evidence():
@@ -229,10 +229,10 @@ def test_spm_floor_zero_keeps_only_positive_evidence():
     cam = class_activation_maps(model, x, y, method='gradcam', target_layer='layer3', bn='eval')
     pos = cam.clamp_min(0)
     # a map with no positive value is NaN in both (the label weights then fall back to area ratios)
-    torch.testing.assert_close(p.spm, pos / pos.sum((1, 2), keepdim=True), rtol=1e-4, atol=1e-7, equal_nan=True)
+    torch.testing.assert_close(p.guidance, pos / pos.sum((1, 2), keepdim=True), rtol=1e-4, atol=1e-7, equal_nan=True)
     some = (cam > 0).flatten(1).any(1)
     assert bool(some.any()) and bool((cam < 0).any())
-    assert bool((p.spm[some][cam[some] <= 0] == 0).all())
+    assert bool((p.guidance[some][cam[some] <= 0] == 0).all())
     # the reference floor differs on the same maps: it lifts every negative pixel above zero
     ref = semantic_percent_map_normalise(cam, 'min')
     assert bool((ref[cam < 0] > 0).any())

@@ -13,7 +13,6 @@ from torch import nn
 from conftest import assert_same_state, fill_grads, state_snapshot
 from timm_camaug import MIX_MODES, add_args, check_train_args, create_mix_fn, get_mode_class
 from timm_camaug.factory import option_dest
-from timm_camaug.modes import CamGuidedMode
 from timm_camaug.train_glue import create_train_mix_fn, training_module
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +84,7 @@ def test_create_train_mix_fn_builds_the_mode_on_the_plain_model(mode, resnet18_c
                                  data_config={'input_size': (3, 64, 64)}, device='cpu')
     assert type(mix_fn) is get_mode_class(mode)
     assert mix_fn.num_classes == K and mix_fn.label_smoothing == 0.1
-    if isinstance(mix_fn, CamGuidedMode):
+    if mix_fn.uses_model:
         assert mix_fn.model is model
     if mode == 'cam-erase':
         assert mix_fn.warmup_epochs == 2       # half of args.epochs when the flag is not given
@@ -167,7 +166,7 @@ def test_snapmix_with_bce_loss_needs_a_target_threshold(capsys):
 
 @pytest.mark.parametrize('argv,message', [
     (['--mix-mode', 'snapmix', '--snapmix-beta', 'nan'], '--snapmix-beta: snapmix: beta must be > 0, got nan'),
-    (['--mix-mode', 'snapmix', '--snapmix-prob', '1.5'], r'--snapmix-prob: snapmix: prob must be in \[0, 1\], got 1.5'),
+    (['--mix-mode', 'snapmix', '--snapmix-prob', '1.5'], r'--snapmix-prob: snapmix: prob must be a number in \[0, 1\], got 1.5'),
     (['--mix-mode', 'saliencymix', '--saliencymix-beta', '-1'], '--saliencymix-beta: saliencymix: beta must be > 0'),
     (['--mix-mode', 'gutout', '--gutout-t-std', '-0.1'], '--gutout-t-std: gutout: t_std must be >= 0, got -0.1'),
     (['--mix-mode', 'gutout', '--gutout-fill', 'nan'], '--gutout-fill: gutout: fill must be a finite number, got nan'),
@@ -199,10 +198,9 @@ def test_only_the_selected_modes_options_are_checked():
 
 def test_boolean_flag_values(capsys):
     """A boolean option's flag takes 1/true/yes/on or 0/false/no/off; any other word is an error, not False."""
-    from timm_camaug.args import _flag_type, parse_bool
-    from timm_camaug.modes.base import Option
-    flag_type = _flag_type(Option('flag', False, 'a boolean option', bool))
-    assert flag_type is parse_bool
+    from timm_camaug.modes.options import Option, parse_bool
+    flag_type = Option('flag', False, 'a boolean option', bool).flag_type()
+    assert flag_type is parse_bool and Option('flag', True, 'a boolean option').flag_type() is parse_bool
     for value in ('1', 'true', 'True', 'YES', 'on'):
         assert parse_bool(value) is True
     for value in ('0', 'false', 'False', 'no', 'OFF'):

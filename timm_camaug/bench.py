@@ -56,6 +56,15 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device,
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def _call_and_finalize(mix_fn, x, y):
+    """One mix call as a training step makes it: the call, then ``finalize`` (here without a forward between:
+    a mode that reads the forward is timed on its whole label completion by the benchmarks, not here)."""
+    out = mix_fn(x, y)
+    if not mix_fn.reads_training_forward:
+        mix_fn.finalize(out[1])
+    return out
+
+
 def bench_modes(
         modes: Sequence[str],
         *,
@@ -83,6 +92,7 @@ def bench_modes(
 
     from .extractor import create_timm_model
     from .factory import create_mix_fn
+    from .modes import get_mode_class
 
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     amp = (functools.partial(torch.autocast, device_type=dev.type, dtype=getattr(torch, amp_dtype))
@@ -105,14 +115,17 @@ def bench_modes(
     fns: Dict[str, Callable[[], object]] = {'train step': train_step}
     for mode in modes:
         opts = dict((options or {}).get(mode, {}))
-        if mode == 'attentive' and not isinstance(opts.get('extractor'), torch.nn.Module):
-            name, checkpoint = opts.get('extractor') or 'resnet50', opts.pop('extractor_checkpoint', None)
-            extractor = (create_timm_model(name, checkpoint, num_classes=0) if checkpoint
-                         else timm.create_model(name, num_classes=0))     # random weights: the same cost
-            opts['extractor'] = extractor.to(dev).eval()
+        cls = get_mode_class(mode)
+        if cls.auxiliary_network is not None and not isinstance(opts.get(cls.auxiliary_network[0]), torch.nn.Module):
+            option, checkpoint_option = cls.auxiliary_network
+            default = next(o.default for o in cls.options if o.name == option)
+            name, checkpoint = opts.get(option) or default, opts.pop(checkpoint_option, None)
+            network = (create_timm_model(name, checkpoint, num_classes=0) if checkpoint
+                       else timm.create_model(name, num_classes=0))     # random weights: the same cost
+            opts[option] = network.to(dev).eval()
         mix = create_mix_fn(mode, model=net, num_classes=num_classes, device=dev, amp_autocast=amp,
                             prob=opts.pop('prob', 1.0), data_config={'input_size': (3, img_size, img_size)}, **opts)
-        fns[mode] = functools.partial(mix, x, y)
+        fns[mode] = functools.partial(_call_and_finalize, mix, x, y)
     cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
     fns['timm Mixup (cutmix)'] = lambda: cutmix(x.clone(), y)
 
@@ -148,7 +161,7 @@ def register(subparsers) -> None:
     p.add_argument('--channels-last', action='store_true', help='channels-last model and batch')
     p.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is shown (default: 5)')
     p.add_argument('--set', action='append', default=[], metavar='MODE:KEY=VALUE',
-                   help="a mode option, e.g. --set snapmix:cam_scale=0.5 (repeatable)")
+                   help="a mode option, e.g. --set <mode>:cam_scale=0.5 for a CAM mode (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -171,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     for item in args.set:
         mode, sep, kv = item.partition(':')
         if not sep:
-            raise _fail(f"--set {item!r}: expected MODE:KEY=VALUE, e.g. snapmix:cam_scale=0.5")
+            raise _fail(f"--set {item!r}: expected MODE:KEY=VALUE, e.g. {modes[0]}:prob=0.5")
         if mode not in modes:
             raise _fail(f"--set {item!r}: {mode!r} is not among the modes benchmarked ({', '.join(modes)})")
         per_mode.setdefault(mode, []).append(kv)

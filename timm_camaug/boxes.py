@@ -12,7 +12,7 @@ from .devices import to_device
 
 __all__ = [
     'sample_beta', 'cut_size', 'rand_bbox', 'centred_bbox', 'box_area', 'box_masks', 'region_sum',
-    'paste_resized', 'cell_masks', 'sample_from_weights',
+    'paste_resized', 'cell_masks', 'cell_boxes', 'sample_from_weights',
 ]
 
 
@@ -78,6 +78,24 @@ def cell_masks(selected: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
     row_cell = (torch.arange(h, device=selected.device) * gh) // h
     col_cell = (torch.arange(w, device=selected.device) * gw) // w
     return selected[:, row_cell][:, :, col_cell]
+
+
+def cell_boxes(selected: torch.Tensor, hw: Sequence[int]) -> torch.Tensor:
+    """(N, g_h, g_w) bool grid cells -> (N, k, 4) pixel boxes ``[y0, y1, x0, x1]`` of the selected cells (the
+    pixels :func:`cell_masks` gives them), k the most cells any sample selects, padded with empty boxes."""
+    n, gh, gw = selected.shape
+    h, w = int(hw[0]), int(hw[1])
+    dev = selected.device
+    ys = -(-torch.arange(gh + 1, device=dev) * h // gh)     # ceil(i * H / g_h): first row of cell row i
+    xs = -(-torch.arange(gw + 1, device=dev) * w // gw)
+    cy, cx = torch.meshgrid(torch.arange(gh, device=dev), torch.arange(gw, device=dev), indexing='ij')
+    every = torch.stack([ys[cy], ys[cy + 1], xs[cx], xs[cx + 1]], -1).reshape(gh * gw, 4)
+    flat = selected.reshape(n, gh * gw)
+    k = int(flat.sum(1).max()) if n else 0
+    order = torch.sort(flat.to(torch.uint8), dim=1, descending=True, stable=True).indices[:, :k]
+    boxes = every[order]
+    keep = flat.gather(1, order)
+    return torch.where(keep[..., None], boxes, torch.zeros_like(boxes))
 
 
 def paste_resized(dst: torch.Tensor, src: torch.Tensor, src_boxes: torch.Tensor, dst_boxes: torch.Tensor,

@@ -96,12 +96,16 @@ def class_activation_maps(
     return upsample_maps(lm.maps, x.shape[-2:])
 
 
-def upsample_maps(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(N, h, w) -> (N, H, W) by bilinear interpolation (``align_corners=False``), in float32."""
+def upsample_maps(maps: torch.Tensor, size: Sequence[int], mode: str = 'bilinear') -> torch.Tensor:
+    """(N, h, w) -> (N, H, W) in float32, by bilinear interpolation (``align_corners=False``, as OpenCV's and
+    pytorch-grad-cam's resize) or ``mode='nearest'``."""
     size = tuple(int(s) for s in size)
     if tuple(maps.shape[-2:]) == size:
         return maps.float()
-    return F.interpolate(maps[:, None].float(), size=size, mode='bilinear', align_corners=False)[:, 0]
+    if mode not in ('bilinear', 'nearest'):
+        raise ValueError(f"upsampling mode must be 'bilinear' or 'nearest', got {mode!r}")
+    kw = {'align_corners': False} if mode == 'bilinear' else {}
+    return F.interpolate(maps[:, None].float(), size=size, mode=mode, **kw)[:, 0]
 
 
 def layer_maps(

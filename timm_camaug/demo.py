@@ -11,35 +11,22 @@ timm's own train.py instead: the data are written as an image folder and train.p
 """
 import argparse
 import json
-import math
 import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import asdict
+from typing import Any, Dict, List, Optional, Sequence
 
-__all__ = ['RunResult', 'train_synthetic', 'run_demo', 'run_train_py', 'parse_train_py_result', 'EpochProgress',
-           'format_table', 'register', 'run', 'DEFAULT_MODEL']
+from .console import CLASS_MAP_FILE, progress_bar
+from .train_loop import BASELINE, DEFAULT_MODEL, RunResult, train_synthetic
+from .train_py_runner import TrainPyError, check_patched_train_py, parse_train_py_result, run_train_py_process
 
-DEFAULT_MODEL = 'test_resnet'
-BASELINE = 'none'
-# the attentive extractor sees the batch at 128 px (a 4x4 grid) instead of 224 (7x7) to cost a third as much
-# on a CPU; 2 of 16 cells keep the paper's pasted share (6 of 49, 12 %)
-ATTENTIVE_DEMO = {'extractor_size': 128, 'top_n': 2}
+__all__ = ['run_demo', 'run_train_py', 'train_py_command', 'format_table', 'register', 'run']
 
 
-@dataclass
-class RunResult:
-    """One training run: its mix mode (``'none'``: baseline), validation top-1 (%) and wall time (s)."""
-    mode: str
-    top1: float
-    seconds: float
-    epochs: int
-    history: List[float] = field(default_factory=list)     # validation top-1 after each epoch (own loop)
-    source: str = 'demo loop'                               # 'demo loop' or the train.py that ran
+def _fail(msg: str) -> SystemExit:
+    return SystemExit(f"timm-camaug demo: {msg}")
 
 
 def _mode_list(text: str) -> List[str]:
@@ -55,134 +42,27 @@ def _mode_list(text: str) -> List[str]:
     return modes
 
 
-def _progress(total: int, desc: str, enabled: bool, unit: str = 'step'):
-    try:
-        from tqdm.auto import tqdm      # installed with timm (through huggingface_hub)
-    except ImportError:                 # pragma: no cover - tqdm missing: run without a bar
-        return None
-    return tqdm(total=total, desc=desc, unit=unit, leave=True, disable=not enabled, dynamic_ncols=True,
-                file=sys.stderr)
-
-
-def _mode_options(mode: str, epochs: int, extractor) -> Dict[str, Any]:
-    if mode == 'attentive':
-        return {'extractor': extractor, **ATTENTIVE_DEMO}
-    if mode == 'cam-erase':
-        return {'warmup_epochs': epochs // 2}   # what train.py's args give it: half the run of plain erasing
-    return {}
-
-
-def offline_extractor():
-    """The attentive mode's extractor for the demo: the offline ImageNet EfficientNet-Lite0 (features only)."""
+def offline_network(cls):
+    """A frozen pretrained network that needs no download (the offline ImageNet EfficientNet-Lite0, features
+    only), for the mode class ``cls`` that takes one (its ``auxiliary_network``)."""
     from .pretrained import pretrained_efficientnet_lite0
     try:
         return pretrained_efficientnet_lite0(num_classes=0)
     except ImportError as e:
-        raise SystemExit(f"timm-camaug demo: the attentive mode needs a pretrained feature extractor and this "
-                         f"machine has no internet-free one: {e}") from None
+        raise _fail(f"{cls.name} needs a pretrained {cls.auxiliary_network[0]} and this machine has no "
+                    f"internet-free one: {e}") from None
 
 
-def train_synthetic(
-        model_name: str = DEFAULT_MODEL,
-        mode: str = BASELINE,
-        *,
-        train: Tuple[Any, Any],
-        val: Tuple[Any, Any],
-        num_classes: int = 8,
-        epochs: int = 10,
-        batch_size: int = 64,
-        lr: float = 2e-3,
-        weight_decay: float = 0.05,
-        seed: int = 0,
-        device: str = 'cpu',
-        model_kwargs: Optional[Dict[str, Any]] = None,
-        mix_options: Optional[Dict[str, Any]] = None,
-        progress: bool = True,
-        return_model: bool = False,
-):
-    """Train ``model_name`` from scratch on uint8 images ``train = (images (N,3,H,W), labels)`` with one mix mode.
-
-    AdamW, one epoch of linear warm-up then cosine decay per step, random horizontal flips; ``mode='none'``
-    trains with cross-entropy, a mix mode with ``create_mix_fn(mode, model=model, ...)`` and
-    ``SoftTargetCrossEntropy``. Returns a :class:`RunResult` (and the trained model if ``return_model``).
-    """
-    import timm
-    import torch
-    from timm.loss import SoftTargetCrossEntropy
-
-    from . import create_mix_fn
-    from .pixels import normalize
-
-    dev = torch.device(device)
-    x_train, y_train = train
-    x_val, y_val = val
-    n, size = x_train.shape[0], x_train.shape[-1]
-    steps_per_epoch = n // batch_size
-    if steps_per_epoch < 1:
-        raise ValueError(f"--train-size {n} is smaller than --batch-size {batch_size}")
-    torch.manual_seed(seed)
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **(model_kwargs or {})).to(dev)
-    data_config = timm.data.resolve_data_config({'input_size': (3, size, size)}, model=model)
-    mean, std = data_config['mean'], data_config['std']
-    g = torch.Generator().manual_seed(seed)
-    mix_fn = None
-    if mode != BASELINE:
-        mix_fn = create_mix_fn(mode, model=model, num_classes=num_classes, data_config=data_config, device=dev,
-                               generator=torch.Generator().manual_seed(seed + 1), **(mix_options or {}))
-        loss_fn = SoftTargetCrossEntropy()
-    else:
-        loss_fn = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    total = epochs * steps_per_epoch
-    warm = min(steps_per_epoch, total)
-
-    def lr_at(step):
-        if step < warm:
-            return (step + 1) / warm
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-
-    def evaluate():
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, x_val.shape[0], 256):
-                xb = normalize(x_val[i:i + 256].to(dev).float() / 255.0, mean, std)
-                correct += int((model(xb).argmax(1).cpu() == y_val[i:i + 256]).sum())
-        return 100.0 * correct / max(1, x_val.shape[0])
-
-    bar = _progress(total, mode if mode != BASELINE else 'no mix', progress)
-    history: List[float] = []
-    t0 = time.perf_counter()
-    for epoch in range(epochs):
-        if mix_fn is not None:
-            mix_fn.set_epoch(epoch)
-        model.train()
-        order = torch.randperm(n, generator=g)
-        flips = torch.rand(n, generator=g) < 0.5
-        for step in range(steps_per_epoch):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            x = normalize(x_train[idx].to(dev).float() / 255.0, mean, std)
-            x = torch.where(flips[idx].to(dev)[:, None, None, None], x.flip(3), x)
-            target = y_train[idx].to(dev)
-            if mix_fn is not None:
-                x, target = mix_fn(x, target)
-            loss = loss_fn(model(x), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if bar is not None:
-                bar.update(1)
-                if step % 8 == 0:
-                    bar.set_postfix(epoch=epoch, loss=f'{loss.item():.3f}', refresh=False)
-        history.append(evaluate())
-        if bar is not None:
-            bar.set_postfix(epoch=epoch, loss=f'{loss.item():.3f}', val_top1=f'{history[-1]:.1f}')
-    if bar is not None:
-        bar.close()
-    result = RunResult(mode, history[-1] if history else float('nan'), time.perf_counter() - t0, epochs, history)
-    return (result, model.eval()) if return_model else result
+def demo_options(mode: str, epochs: int, network=None) -> Dict[str, Any]:
+    """The options a demo run gives ``mode``: its settings for small images on a CPU, what it derives from
+    the run's length as it would from train.py's arguments, and the offline pretrained network it needs."""
+    from .modes import get_mode_class
+    cls = get_mode_class(mode)
+    options: Dict[str, Any] = dict(cls.small_input_options)
+    options.update(cls.train_defaults(argparse.Namespace(epochs=epochs), options))
+    if cls.auxiliary_network is not None:
+        options[cls.auxiliary_network[0]] = network if network is not None else offline_network(cls)
+    return options
 
 
 def format_table(results: Sequence[RunResult]) -> str:
@@ -197,92 +77,33 @@ def format_table(results: Sequence[RunResult]) -> str:
 
 def run_demo(modes: Sequence[str], args: argparse.Namespace) -> List[RunResult]:
     """The demo's own loop: the synthetic split in memory, one training run per mode."""
+    from .modes import get_mode_class
     from .synthetic import make_split
     train = make_split('train', args.train_size, args.img_size, args.seed, args.num_classes)[:2]
     val = make_split('val', args.val_size, args.img_size, args.seed, args.num_classes)[:2]
-    extractor = offline_extractor() if 'attentive' in modes else None
+    takers = [get_mode_class(m) for m in modes if m != BASELINE and get_mode_class(m).auxiliary_network]
+    network = offline_network(takers[0]) if takers else None
     results = []
     for mode in modes:
+        options = {} if mode == BASELINE else demo_options(mode, args.epochs, network)
         results.append(train_synthetic(
             args.model, mode, train=train, val=val, num_classes=args.num_classes, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-            mix_options=_mode_options(mode, args.epochs, extractor), progress=not args.no_progress))
+            mix_options=options, progress=not args.no_progress))
     return results
 
 
 # ------------------------------------------------------------------------------------------------------
 # through a patched train.py
 
-def check_patched_train_py(path: str):
-    """The train.py file of ``path`` (a file or a timm checkout), if it carries the timm-camaug patch."""
-    from .train_patch import MARKER, PatchError, inspect_text, resolve_train_py
-    try:
-        p = resolve_train_py(path)
-    except (PatchError, OSError) as e:
-        raise SystemExit(f"timm-camaug demo: --train-py: {e}") from None
-    text = p.read_text(encoding='utf-8', errors='replace')
-    stock = [s for s in inspect_text(text) if s.state == 'stock']
-    if stock or MARKER not in text:
-        raise SystemExit(f"timm-camaug demo: {p} is not patched for --mix-mode; run `timm-camaug patch {path}` "
-                         "first (it adds the flag to timm's train.py)")
-    return p
-
-
-# train.py's --result JSON lists the best epochs only (sorted by top-1, at most this many)
-RESULT_JSON_EPOCHS = 10
-
-
-def _final_summary_row(summary_csv: Optional[str]) -> Optional[Dict[str, str]]:
-    if not summary_csv or not os.path.isfile(summary_csv):
-        return None
-    import csv
-    with open(summary_csv, newline='') as f:
-        rows = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '', 'epoch')]
-    return rows[-1] if rows and rows[-1].get('eval_top1') not in (None, '') else None
-
-
-def _result_json(stdout: str) -> Optional[List[Dict[str, Any]]]:
-    i = stdout.rfind('--result')
-    if i < 0:
-        return None
-    try:
-        records, _ = json.JSONDecoder().raw_decode(stdout[i + len('--result'):].lstrip())
-    except ValueError:
-        return None
-    if not isinstance(records, list):
-        return None
-    records = [r for r in records if isinstance(r, dict) and isinstance(r.get('epoch'), int)
-               and 'top1' in (r.get('validation') or {})]
-    return records or None
-
-
-def parse_train_py_result(stdout: str, summary_csv: Optional[str] = None,
-                          epochs: Optional[int] = None) -> Tuple[float, int]:
-    """(top-1 %, epochs) of the final epoch of a train.py run.
-
-    Read from train.py's ``summary.csv`` (one row per evaluated epoch, the last row the final epoch) when
-    ``summary_csv`` exists, else from its ``--result`` JSON. That JSON lists only the 10 best epochs, so it is
-    accepted only when its latest epoch is ``epochs - 1`` (``epochs`` not given: when it lists fewer than 10
-    epochs, none left out).
-    """
-    row = _final_summary_row(summary_csv)
-    if row is not None:
-        return float(row['eval_top1']), int(float(row['epoch'])) + 1
-    records = _result_json(stdout)
-    if records is None:
-        raise ValueError("train.py finished without a summary.csv nor a '--result' JSON with validation top-1")
-    last = max(records, key=lambda r: r['epoch'])
-    final = last['epoch'] == epochs - 1 if epochs is not None else len(records) < RESULT_JSON_EPOCHS
-    if not final:
-        raise ValueError("train.py wrote no summary.csv, and its '--result' JSON (its best epochs only) may not "
-                         "hold the final epoch")
-    return float(last['validation']['top1']), last['epoch'] + 1
+OFFLINE_NETWORK = 'efficientnet_lite0'    # the timm name of the offline network's checkpoint
 
 
 def train_py_command(train_py: str, mode: str, data_dir: str, out_dir: str, args: argparse.Namespace,
-                     extractor_checkpoint: Optional[str] = None) -> List[str]:
-    """The train.py command line of one demo run (settings as close to the demo's own loop as train.py allows)."""
-    from .synthetic import CLASS_MAP_FILE
+                     network_checkpoint: Optional[str] = None) -> List[str]:
+    """The train.py command line of one demo run (settings as close to the demo's own loop as train.py allows;
+    a mode's derived defaults, e.g. CAM-erase's warm-up, come from train.py's own ``--epochs``)."""
+    from .modes import get_mode_class
     cmd = [sys.executable, str(train_py), '--data-dir', data_dir, '--train-split', 'train', '--val-split', 'val',
            '--class-map', os.path.join(data_dir, CLASS_MAP_FILE),
            '--model', args.model, '--num-classes', str(args.num_classes), '--img-size', str(args.img_size),
@@ -291,46 +112,30 @@ def train_py_command(train_py: str, mode: str, data_dir: str, out_dir: str, args
            '--lr', str(args.lr), '--weight-decay', '0.05', '--sched', 'cosine', '--warmup-epochs', '1',
            '--device', args.device, '--workers', '0', '--seed', str(args.seed), '--log-interval', '1000000',
            '--checkpoint-hist', '1', '--output', out_dir, '--experiment', mode, '--mix-mode', mode]
-    if mode == 'attentive' and extractor_checkpoint:
-        cmd += ['--attentive-extractor', 'efficientnet_lite0', '--attentive-extractor-checkpoint', extractor_checkpoint,
-                '--attentive-extractor-size', str(ATTENTIVE_DEMO['extractor_size']),
-                '--attentive-top-n', str(ATTENTIVE_DEMO['top_n'])]
-    if mode == 'cam-erase':
-        cmd += ['--cam-erase-warmup-epochs', str(args.epochs // 2)]
+    if mode == BASELINE:
+        return cmd
+    cls = get_mode_class(mode)
+    declared = {o.name: o for o in cls.options}
+    for name, value in cls.small_input_options.items():
+        cmd += [declared[name].flag(mode), str(value)]
+    if cls.auxiliary_network is not None and network_checkpoint:
+        option, checkpoint = (declared[n] for n in cls.auxiliary_network)
+        cmd += [option.flag(mode), OFFLINE_NETWORK, checkpoint.flag(mode), network_checkpoint]
     return cmd
-
-
-class EpochProgress:
-    """Epochs a train.py run has finished, from its log lines: epoch E ends with the last batch of its
-    validation (``Test: [ n/n]``) or, when train.py skips validation, as ``Train: E+1 [...`` starts."""
-    TRAIN = re.compile(r'Train: (\d+) \[')
-    TEST_END = re.compile(r'Test: \[\s*(\d+)/(\d+)\]')
-
-    def __init__(self) -> None:
-        self.done = 0
-        self.training: Optional[int] = None     # the epoch whose Train lines came last
-
-    def feed(self, line: str) -> int:
-        """Read one log line; returns the epochs finished so far."""
-        m = self.TRAIN.search(line)
-        if m:
-            self.training = int(m.group(1))
-            self.done = max(self.done, self.training)
-        else:
-            m = self.TEST_END.search(line)
-            if m and m.group(1) == m.group(2) and self.training is not None:
-                self.done = max(self.done, self.training + 1)
-        return self.done
 
 
 def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) -> List[RunResult]:
     """Write the synthetic set as an image folder and run the patched train.py once per mode."""
+    from .modes import get_mode_class
     from .synthetic import write_image_folder
-    p = check_patched_train_py(train_py)
+    try:
+        p = check_patched_train_py(train_py)
+    except TrainPyError as e:
+        raise _fail(str(e)) from None
     if args.output:
         work = os.path.abspath(args.output)
         if os.path.isdir(work) and os.listdir(work):
-            raise SystemExit(f"timm-camaug demo: --output {work} is not empty; choose a new or empty directory")
+            raise _fail(f"--output {work} is not empty; choose a new or empty directory")
         os.makedirs(work, exist_ok=True)
         cleanup = None
     else:
@@ -341,12 +146,13 @@ def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) 
         print(f"writing the synthetic set to {data_dir} ...", file=sys.stderr)
         write_image_folder(data_dir, args.train_size, args.val_size, args.img_size, args.seed, args.num_classes)
         ckpt = None
-        if 'attentive' in modes:
+        takers = [get_mode_class(m) for m in modes if m != BASELINE and get_mode_class(m).auxiliary_network]
+        if takers:
             from .pretrained import save_efficientnet_lite0_checkpoint
             try:
-                ckpt = save_efficientnet_lite0_checkpoint(os.path.join(work, 'efficientnet_lite0.pth'))
+                ckpt = save_efficientnet_lite0_checkpoint(os.path.join(work, f'{OFFLINE_NETWORK}.pth'))
             except ImportError as e:
-                raise SystemExit(f"timm-camaug demo: the attentive mode needs a pretrained feature extractor: {e}")
+                raise _fail(f"{takers[0].name} needs a pretrained {takers[0].auxiliary_network[0]}: {e}") from None
         results = []
         for mode in modes:
             cmd = train_py_command(str(p), mode, data_dir, os.path.join(work, 'runs'), args, ckpt)
@@ -358,31 +164,24 @@ def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) 
 
 
 def _run_one(cmd: List[str], mode: str, out_dir: str, cwd: str, args: argparse.Namespace, source: str) -> RunResult:
-    bar = _progress(args.epochs, f'{mode} (train.py)', not args.no_progress, unit='epoch')
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            cwd=cwd)
-    lines = []
-    epochs, shown = EpochProgress(), 0
-    for line in proc.stdout:
-        lines.append(line)
-        done = epochs.feed(line)
-        if bar is not None and done > shown:
-            bar.update(done - shown)
-        shown = done
-    rc = proc.wait()
-    if bar is not None:
-        bar.close()
-    output = ''.join(lines)
-    if rc != 0:
-        tail = ''.join(lines[-25:])
-        raise SystemExit(f"timm-camaug demo: train.py failed for --mix-mode {mode} (exit code {rc}):\n"
-                         f"  {' '.join(cmd)}\n{tail}")
+    bar = progress_bar(args.epochs, f'{mode} (train.py)', unit='epoch', enabled=not args.no_progress)
+    shown = [0]
+
+    def advance(done: int) -> None:
+        bar.update(done - shown[0])
+        shown[0] = done
     try:
-        top1, n_epochs = parse_train_py_result(output, os.path.join(out_dir, 'summary.csv'), args.epochs)
+        proc = run_train_py_process(cmd, cwd, on_epoch=advance)
+    finally:
+        bar.close()
+    if proc.returncode != 0:
+        raise _fail(f"train.py failed for --mix-mode {mode} (exit code {proc.returncode}):\n"
+                    f"  {' '.join(cmd)}\n{proc.tail()}")
+    try:
+        top1, n_epochs = parse_train_py_result(proc.output, os.path.join(out_dir, 'summary.csv'), args.epochs)
     except ValueError as e:
-        raise SystemExit(f"timm-camaug demo: --mix-mode {mode}: {e}") from None
-    return RunResult(mode, top1, time.perf_counter() - t0, n_epochs, source=source)
+        raise _fail(f"--mix-mode {mode}: {e}") from None
+    return RunResult(mode, top1, proc.seconds, n_epochs, source=source)
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -7,22 +7,19 @@ of :mod:`timm_camaug.synthetic` has one; CUB's part annotations could give one),
 a mode's params alone (boxes, masks, perm; never from its label weights), the visible fraction of each
 source's part, and compares it with the weights the mode's soft target actually carries.
 
-Visible fractions:
-    same-place pastes (CutMix, SaliencyMix, Attentive CutMix): with R the pasted region of sample i,
-        A = x[i] keeps ``|M_i minus R| / |M_i|`` and B = x[perm[i]] shows ``|M_perm[i] in R| / |M_perm[i]|``.
-    SnapMix: A as above with R the target box; B's source box is resized into the target box, assumed to
-        keep what it holds visible: ``|M_perm[i] in source box| / |M_perm[i]|``.
-    erasing (Gutout, CAM-erase): one source, weight 1; it keeps ``|M_i minus erased| / |M_i|``.
+Visible fractions, from the regions each mode reports of its params (:class:`~timm_camaug.modes.MixRegions`):
+    mixing modes: with T the pixels of sample i pasted over and S the pixels of x[perm[i]] it shows,
+        A = x[i] keeps ``|M_i minus T| / |M_i|`` and B = x[perm[i]] shows ``|M_perm[i] in S| / |M_perm[i]|``
+        (same-place pastes have S = T; a resized paste, SnapMix's, is assumed to keep what S holds visible).
+    erasing modes: one source, weight 1; it keeps ``|M_i minus erased| / |M_i|``.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
 import torch
 
-from .boxes import box_masks, cell_masks
-
 __all__ = [
-    'FidelityErrors', 'kept_fraction', 'shown_fraction', 'mix_visible_fractions', 'erase_visible_fraction',
+    'FidelityErrors', 'kept_fraction', 'shown_fraction', 'visible_fractions', 'erase_visible_fraction',
     'source_map_regions', 'label_weights', 'fidelity_errors',
 ]
 
@@ -59,35 +56,21 @@ def shown_fraction(masks: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return (masks & region).flatten(1).sum(1).double() / _part_sizes(masks)
 
 
-def mix_visible_fractions(params, masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Visible part fractions (vis_a, vis_b) of a mixing mode's params, and which samples were mixed.
+def visible_fractions(mode, params, masks: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """Visible part fractions of one call of ``mode`` with ``params``, from the regions the mode reports
+    (:meth:`~timm_camaug.modes.base.MixMode.regions`): (vis_a, vis_b, active), CPU float64 (N,) fractions and
+    the (N,) bool samples the call changed. ``masks``: (N, H, W) bool part masks of the unmixed batch.
 
-    ``params`` is a :class:`~timm_camaug.modes.snapmix.SnapMixParams`,
-    :class:`~timm_camaug.modes.saliencymix.SaliencyMixParams` or
-    :class:`~timm_camaug.modes.attentive.AttentiveParams`; ``masks`` the (N, H, W) bool part masks of the
-    unmixed batch. Returns CPU float64 (N,) fractions and the (N,) bool ``active`` of the params.
+    A mixing mode keeps ``|M_i minus target| / |M_i|`` of image ``i`` and shows ``|M_perm[i] in source| /
+    |M_perm[i]|`` of its partner (a resized paste is assumed to keep what its source region holds visible);
+    an erasing mode keeps the first and has no ``vis_b`` (None).
     """
-    from .modes.attentive import AttentiveParams
-    from .modes.saliencymix import SaliencyMixParams
-    from .modes.snapmix import SnapMixParams
     masks = masks.cpu().bool()
-    n, h, w = masks.shape
-    perm = params.perm.cpu()
-    active = params.active.cpu().bool()
-    if isinstance(params, SnapMixParams):
-        box_t, box_s = params.box_t.cpu(), params.box_s.cpu()
-        from .boxes import box_area
-        valid = active & (box_area(box_t) > 0) & (box_area(box_s) > 0)
-        region_t = box_masks(box_t, (h, w)) & valid[:, None, None]
-        region_s = box_masks(box_s, (h, w)) & valid[:, None, None]
-        return kept_fraction(masks, region_t), shown_fraction(masks[perm], region_s), active
-    if isinstance(params, SaliencyMixParams):
-        region = box_masks(params.boxes.cpu(), (h, w)) & active[:, None, None]
-    elif isinstance(params, AttentiveParams):
-        region = cell_masks(params.cells.cpu(), (h, w)) & active[:, None, None]
-    else:
-        raise TypeError(f"no visible-fraction rule for {type(params).__name__}")
-    return kept_fraction(masks, region), shown_fraction(masks[perm], region), active
+    regions = mode.regions(params, masks.shape[-2:])
+    vis_a = kept_fraction(masks, regions.target)
+    if regions.perm is None:
+        return vis_a, None, regions.active.cpu().bool()
+    return vis_a, shown_fraction(masks[regions.perm], regions.source), regions.active.cpu().bool()
 
 
 def erase_visible_fraction(erased: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

@@ -1,60 +1,29 @@
 """ ``timm-camaug preview``: a PNG grid showing what a mix mode does to a batch of real images.
 
-One row per image: the image with the class the model predicts for it, the map the mode is guided by
-(SnapMix's semantic percent map, Gutout's and CAM-erase's normalised CAMs, SaliencyMix's saliency map,
-Attentive CutMix's extractor cell map) over it, for mixing modes the partner image with the region taken
-from it, and the mixed or erased result with its boxes (or cut region) drawn and its label weights printed
-under it. Default images: scikit-image's bundled photos; default model: the offline ImageNet
-EfficientNet-Lite0 (both in the ``preview`` extra). ``--model NAME --checkpoint FILE`` takes any timm model
-(its class count read from the checkpoint's classifier), ``--class-names FILE`` names a fine-tuned model's
-classes (one per line, or the ``class_map.txt`` / ``classes.json`` that ``timm-camaug prepare`` writes).
+One row per image: the image with the class the model predicts for it, the map the mode is guided by (the
+mode names it: SnapMix's semantic percent map, a CAM, a saliency map, an extractor's cell map) over it, for
+mixing modes the partner image with the region taken from it, and the mixed or erased result with its
+boxes (or cut region) drawn and its label weights printed under it. Everything mode-specific comes from the
+mode itself (:meth:`~timm_camaug.modes.base.MixMode.regions`, ``image_guidance``, ``row_notes``), so a new
+mode previews without a change here. Default images: scikit-image's bundled photos; default model: the
+offline ImageNet EfficientNet-Lite0 (both in the ``preview`` extra). ``--model NAME --checkpoint FILE``
+takes any timm model (its class count read from the checkpoint's classifier), ``--class-names FILE`` names
+a fine-tuned model's classes (see :mod:`timm_camaug.readers`).
 """
 import argparse
-import json
 import os
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
-__all__ = ['DEFAULT_PHOTOS', 'load_images', 'guidance_overlays', 'render_preview', 'parse_mode_options',
-           'checkpoint_num_classes', 'read_class_names', 'register', 'run']
+from .readers import DEFAULT_PHOTOS, ReadError, checkpoint_num_classes, load_images, read_class_names
 
-DEFAULT_PHOTOS = ('chelsea', 'astronaut', 'coffee', 'rocket')
+__all__ = ['render_preview', 'parse_mode_options', 'register', 'run']
+
 _BOX_COLOURS = {'target': '#ffff00', 'source': '#00ffff'}
-_SAME_LABEL_NOTE = '(same label: weights summed,\nas the reference)'
 _MAX_NAME = 32      # longest class name printed (longer ones end in '...')
 
 
-def _fail(msg: str) -> 'SystemExit':
+def _fail(msg: str) -> SystemExit:
     return SystemExit(f"timm-camaug preview: {msg}")
-
-
-def load_images(paths: Sequence[str], size: int):
-    """(N, 3, size, size) float images in [0, 1] and their names: files (resized on the short side, centre
-    cropped), or scikit-image's bundled photos when ``paths`` is empty."""
-    import torch
-    from torchvision.transforms import functional as TF
-    arrays: List[Tuple[str, Any]] = []
-    if not paths:
-        try:
-            import skimage.data as skdata
-        except ImportError:
-            raise _fail("the default photos come from scikit-image: pip install 'timm-camaug[preview]', "
-                        "or name image files") from None
-        arrays = [(name, torch.from_numpy(getattr(skdata, name)().copy()).permute(2, 0, 1)) for name in DEFAULT_PHOTOS]
-    else:
-        from PIL import Image, UnidentifiedImageError
-        for p in paths:
-            if not os.path.isfile(p):
-                raise _fail(f"image file {p!r} does not exist")
-            try:
-                with Image.open(p) as im:
-                    arrays.append((os.path.basename(p), TF.pil_to_tensor(im.convert('RGB'))))
-            except (UnidentifiedImageError, OSError) as e:
-                raise _fail(f"cannot read image {p!r}: {e}") from None
-    out = []
-    for _, img in arrays:
-        img = TF.resize(img, size, antialias=True)
-        out.append(TF.center_crop(img, [size, size]).float() / 255.0)
-    return torch.stack(out), [name for name, _ in arrays]
 
 
 def parse_mode_options(mode: str, items: Sequence[str]) -> Dict[str, Any]:
@@ -64,78 +33,6 @@ def parse_mode_options(mode: str, items: Sequence[str]) -> Dict[str, Any]:
         return mode_options_from_strings(mode, items)
     except ValueError as e:
         raise _fail(str(e)) from None
-
-
-def checkpoint_num_classes(name: str, checkpoint: str) -> Optional[int]:
-    """Classes of the head stored in ``checkpoint`` for timm model ``name``: the rows of its classifier weight
-    (the key of ``model.get_classifier()`` + ``.weight``, in a train.py checkpoint's ``state_dict_ema`` /
-    ``state_dict`` or a bare state dict). None when it cannot tell (no such key, unreadable file: loading
-    the checkpoint then reports the problem)."""
-    import timm
-    import torch
-    from timm.models import load_state_dict
-    try:
-        state = load_state_dict(checkpoint, use_ema=True)
-    except Exception:
-        return None
-    try:
-        with torch.device('meta'):      # the module names only: no memory, no initialisation
-            model = timm.create_model(name, pretrained=False)
-    except Exception:
-        model = timm.create_model(name, pretrained=False)
-    head = model.get_classifier()
-    head = head[0] if isinstance(head, (tuple, list)) else head
-    key = next((f'{n}.weight' for n, m in model.named_modules() if m is head and n), None)
-    weight = state.get(key) if key is not None else None
-    if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
-        return None
-    return int(weight.shape[0])
-
-
-def read_class_names(path: str) -> List[str]:
-    """Class names in class-index order from ``path``: a text file with one name per line, ``timm-camaug
-    prepare``'s ``classes.json`` (official names) or ``class_map.txt`` (its ``<index>_<name>`` folders, shown
-    without the index), or a prepared dataset folder holding either."""
-    from .datasets.common import CLASS_MAP_FILE, CLASSES_FILE
-    if os.path.isdir(path):
-        found = [os.path.join(path, f) for f in (CLASSES_FILE, CLASS_MAP_FILE) if os.path.isfile(os.path.join(path, f))]
-        if not found:
-            raise _fail(f"--class-names {path!r}: a folder must hold {CLASSES_FILE} or {CLASS_MAP_FILE} "
-                        "(as timm-camaug prepare writes)")
-        path = found[0]
-    if not os.path.isfile(path):
-        raise _fail(f"--class-names file {path!r} does not exist")
-    try:
-        with open(path, encoding='utf-8') as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise _fail(f"cannot read --class-names file {path!r}: {e}") from None
-    if path.lower().endswith('.json'):
-        try:
-            meta = json.loads(text)
-            entries = meta['classes'] if isinstance(meta, dict) else meta
-            if not isinstance(entries, list):
-                raise TypeError(f'{type(entries).__name__} instead of a list')
-            if all(isinstance(e, dict) for e in entries):
-                entries = sorted(entries, key=lambda e: int(e['index']))
-                if [int(e['index']) for e in entries] != list(range(len(entries))):
-                    raise ValueError('the indices are not 0, 1, 2, ...')
-                entries = [e['name'] for e in entries]
-            names = [str(e).strip() for e in entries]
-        except (ValueError, KeyError, TypeError) as e:
-            raise _fail(f"--class-names {path!r}: expected timm-camaug prepare's {CLASSES_FILE} (a 'classes' list "
-                        f"of {{'index', 'name'}}) or a JSON list of names ({type(e).__name__}: {e})") from None
-    else:
-        names = [line.strip() for line in text.rstrip('\n').split('\n')] if text.strip() else []
-        width = len(names[0].split('_', 1)[0]) if names else 0
-        if names and width >= 3 and all(n.startswith(f'{i:0{width}d}_') for i, n in enumerate(names)):
-            # prepare's class_map.txt: folder names '<zero-padded index>_<safe name>'
-            names = [n.split('_', 1)[1].replace('_', ' ') for n in names]
-    if not names:
-        raise _fail(f"--class-names {path!r} lists no class names")
-    if any(not n for n in names):
-        raise _fail(f"--class-names {path!r}: class {names.index('')} has an empty name (one name per line)")
-    return names
 
 
 def _load_model(args: argparse.Namespace):
@@ -172,7 +69,10 @@ def _short(name: str) -> str:
 def _class_names(num_classes: int, path: Optional[str] = None):
     """Index -> printed class name: from ``path`` (``--class-names``), else ImageNet's for 1000 classes."""
     if path is not None:
-        names = read_class_names(path)
+        try:
+            names = read_class_names(path)
+        except ReadError as e:
+            raise _fail(str(e)) from None
         if len(names) != num_classes:
             raise _fail(f"--class-names {path!r} lists {len(names)} class names, the model has {num_classes} "
                         "classes")
@@ -189,37 +89,6 @@ def _class_names(num_classes: int, path: Optional[str] = None):
 
 def _label(k: int, names) -> str:
     return f'{names(k)} ({k})' if names is not None else f'class {k}'
-
-
-def guidance_overlays(params, n: int):
-    """(N, H, W) float map shown for each image of the unmixed batch (None rows: the mode made no map for
-    that image), from a mode's params: the map of image ``i`` itself, whatever sample it was used for."""
-    import torch
-    from .modes.attentive import AttentiveParams
-    from .modes.cam_erase import CamEraseParams
-    from .modes.gutout import GutoutParams
-    from .modes.saliencymix import SaliencyMixParams
-    from .modes.snapmix import SnapMixParams
-    if isinstance(params, SnapMixParams):
-        maps = params.spm
-    elif isinstance(params, (GutoutParams, CamEraseParams)):
-        maps = params.cam
-    elif isinstance(params, SaliencyMixParams):
-        if params.saliency is None:
-            return None
-        sal = params.saliency.float()
-        perm = params.perm.cpu()
-        if sal.shape[0] == n:           # maps of x[perm]: the map of image i is at the position where perm == i
-            inv = torch.argsort(perm)
-            return sal[inv.to(sal.device)]
-        out = torch.full((n,) + tuple(sal.shape[-2:]), float('nan'))
-        out[int(perm[0])] = sal[0].cpu()    # 'official': one map, of x[perm[0]]
-        return out
-    elif isinstance(params, AttentiveParams):
-        maps = params.maps
-    else:
-        raise TypeError(f"no guidance map for {type(params).__name__}")
-    return None if maps is None else maps.float()
 
 
 def _at_image_size(m, hw):
@@ -249,7 +118,8 @@ def _heat(img, m, cmap, scale: str = 'min-max'):
 
 
 def _draw_boxes(img, boxes, colour, width=3):
-    """uint8 (3, H, W) with ``[y0, y1, x0, x1]`` half-open boxes drawn (torchvision's draw_bounding_boxes)."""
+    """uint8 (3, H, W) with ``[y0, y1, x0, x1]`` half-open boxes drawn (torchvision's draw_bounding_boxes);
+    empty boxes are skipped."""
     import torch
     from torchvision.utils import draw_bounding_boxes
     if boxes is None or len(boxes) == 0:
@@ -262,59 +132,6 @@ def _draw_boxes(img, boxes, colour, width=3):
     return draw_bounding_boxes(img, xyxy, colors=colour, width=width)
 
 
-def _cell_boxes(cells, hw):
-    """[y0, y1, x0, x1] pixel boxes of the selected (g_h, g_w) grid cells (rows r with floor(r*g/H) == i)."""
-    import torch
-    gh, gw = cells.shape
-    h, w = hw
-    ys = [-(-i * h // gh) for i in range(gh + 1)]
-    xs = [-(-j * w // gw) for j in range(gw + 1)]
-    idx = cells.nonzero().tolist()
-    return torch.tensor([[ys[i], ys[i + 1], xs[j], xs[j + 1]] for i, j in idx], dtype=torch.long).reshape(-1, 4)
-
-
-def _regions(mode: str, params, n: int, hw) -> Tuple[List[Any], List[Any], Optional[Any]]:
-    """Per row: boxes to draw on the result, boxes to draw on the partner, and (N, H, W) cut masks if any."""
-    from .modes.attentive import AttentiveParams
-    from .modes.cam_erase import CamEraseParams
-    from .modes.gutout import GutoutParams
-    from .modes.saliencymix import SaliencyMixParams
-    from .modes.snapmix import SnapMixParams
-    active = params.active.cpu()
-    none = [None] * n
-    if isinstance(params, SnapMixParams):
-        return ([params.box_t[i] if active[i] else None for i in range(n)],
-                [params.box_s[i] if active[i] else None for i in range(n)], None)
-    if isinstance(params, SaliencyMixParams):
-        boxes = [params.boxes[i] if active[i] else None for i in range(n)]
-        return boxes, boxes, None
-    if isinstance(params, AttentiveParams):
-        boxes = [_cell_boxes(params.cells[i].cpu(), hw) if active[i] else None for i in range(n)]
-        return boxes, boxes, None
-    if isinstance(params, CamEraseParams):
-        return [params.boxes[i] if active[i] else None for i in range(n)], none, None
-    if isinstance(params, GutoutParams):
-        if params.cam is None:
-            return none, none, None
-        cut = (params.cam.cpu() > params.threshold[:, None, None]) & active[:, None, None]
-        return none, none, cut
-    raise TypeError(f"no regions for {type(params).__name__}")
-
-
-def _same_label(params, labels, n: int) -> List[bool]:
-    """Per row: SnapMix mixed the image with one of its own label, so both label weights became w_a + w_b
-    (the reference's rule) and the row's single weight is their sum (up to 4). Rows whose maps were empty
-    (NaN: area weights instead, which add up to 1) are not flagged."""
-    import torch
-    from .modes.snapmix import SnapMixParams
-    if not isinstance(params, SnapMixParams) or params.spm is None:
-        return [False] * n
-    active, perm, labels = params.active.cpu(), params.perm.cpu(), labels.cpu()
-    has_map = ~torch.isnan(params.spm.detach().float().cpu()).flatten(1).any(1)
-    return [bool(active[i] and has_map[i] and has_map[perm[i]]) and int(labels[i]) == int(labels[perm[i]])
-            for i in range(n)]
-
-
 def _weights_text(soft_row, names, limit: int = 3) -> str:
     import torch
     vals, idx = torch.sort(soft_row.cpu(), descending=True)
@@ -322,9 +139,10 @@ def _weights_text(soft_row, names, limit: int = 3) -> str:
     return '\n'.join(parts) if parts else '(all weights 0)'
 
 
-def render_preview(mode: str, x, labels, x_mixed, soft, params, mean, std, output: str, *, names=None,
+def render_preview(mix_fn, x, labels, x_mixed, soft, params, output: str, *, names=None,
                    image_names: Optional[Sequence[str]] = None, title: str = '', cmap: str = 'jet') -> str:
-    """Draw the grid (rows = images) and save it as a PNG at ``output``; returns ``output``."""
+    """Draw the grid (rows = images) of one call of the mode ``mix_fn`` with ``params`` and save it as a PNG at
+    ``output``; returns ``output``."""
     import matplotlib
     matplotlib.use('Agg', force=False)
     import matplotlib.pyplot as plt
@@ -334,14 +152,15 @@ def render_preview(mode: str, x, labels, x_mixed, soft, params, mean, std, outpu
 
     from .pixels import denormalize
     n, _, h, w = x.shape
-    mixing = hasattr(params, 'perm')
-    perm = params.perm.cpu() if mixing else torch.arange(n)
-    imgs = denormalize(x.detach().cpu(), mean, std).clamp(0, 1)
-    outs = denormalize(x_mixed.detach().cpu(), mean, std).clamp(0, 1)
-    maps = guidance_overlays(params, n)
-    result_boxes, source_boxes, cut = _regions(mode, params, n, (h, w))
-    same = _same_label(params, labels, n)
-    gutout = mode == 'gutout' and maps is not None
+    regions = mix_fn.regions(params, (h, w))
+    mixing = regions.perm is not None
+    perm = regions.perm if mixing else torch.arange(n)
+    imgs = denormalize(x.detach().cpu(), mix_fn.mean, mix_fn.std).clamp(0, 1)
+    outs = denormalize(x_mixed.detach().cpu(), mix_fn.mean, mix_fn.std).clamp(0, 1)
+    maps = mix_fn.image_guidance(params)
+    levels = mix_fn.guidance_levels(params)
+    notes = mix_fn.row_notes(params, labels)
+    zero_one = mix_fn.guidance_scale == '0-1'
     active = params.active.cpu()
     colour_map = colormaps[cmap]
     to8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
@@ -356,31 +175,32 @@ def render_preview(mode: str, x, labels, x_mixed, soft, params, mean, std, outpu
         texts.append(f"{image_names[i] if image_names else f'image {i}'}\n{_label(int(labels[i]), names)}")
         m = None if maps is None else maps[i]
         no_map = m is None or bool(torch.isnan(m.float()).all())
-        # gutout cuts where CAM / max > t: show that map on a fixed 0-1 scale with the threshold's contour
-        tiles.append(to8(_heat(imgs[i], m, colour_map, scale='0-1' if gutout else 'min-max')))
+        tiles.append(to8(_heat(imgs[i], m, colour_map, scale='0-1' if zero_one else 'min-max')))
         if no_map:
             texts.append('no map for this image')
-        elif gutout:
-            t = float(params.threshold[i])
-            texts.append(f"CAM / max, colours 0-1\nwhite line: cut threshold t = {t:.2f}" if active[i] else
-                         "CAM / max, colours 0-1\n(not cut: prob < 1)")
-            if active[i]:
+        else:
+            caption = mix_fn.guidance_name + (', colours 0-1' if zero_one else '')
+            if levels is not None and active[i]:
+                t = float(levels[i])
+                caption += f'\nwhite line: threshold t = {t:.2f}'
                 level = _at_image_size(m, (h, w))
                 if float(level.min()) < t < float(level.max()):
                     contours[len(tiles) - 1] = (level.numpy(), t)
-        else:
-            texts.append({'snapmix': 'semantic percent map', 'cam-erase': 'CAM, min-max',
-                          'saliencymix': 'saliency map', 'attentive': 'extractor cell map'}.get(mode, 'map'))
+            elif levels is not None:
+                caption += '\n(not applied: prob < 1)'
+            texts.append(caption)
         if mixing:
             j = int(perm[i])
-            tiles.append(_draw_boxes(to8(imgs[j]), source_boxes[i], _BOX_COLOURS['source']))
+            source_boxes = None if regions.source_boxes is None else regions.source_boxes[i]
+            tiles.append(_draw_boxes(to8(imgs[j]), source_boxes if active[i] else None, _BOX_COLOURS['source']))
             texts.append(f"partner: row {j}" + (f" ({image_names[j]})" if image_names else ''))
         res = to8(outs[i])
-        if cut is not None:
-            res = draw_segmentation_masks(res, cut[i], alpha=0.3, colors='#ff00ff')   # cut pixels, tinted
-        res = _draw_boxes(res, result_boxes[i], _BOX_COLOURS['target'])
+        if regions.target_boxes is None:     # an irregular region: tint its pixels
+            res = draw_segmentation_masks(res, regions.target[i], alpha=0.3, colors='#ff00ff')
+        elif active[i]:
+            res = _draw_boxes(res, regions.target_boxes[i], _BOX_COLOURS['target'])
         tiles.append(res)
-        texts.append(_weights_text(soft[i], names) + (f'\n{_SAME_LABEL_NOTE}' if same[i] else ''))
+        texts.append(_weights_text(soft[i], names) + (f'\n{notes[i]}' if notes[i] else ''))
         for c, (tile, text) in enumerate(zip(tiles, texts)):
             ax = axes[i, c]
             ax.imshow(tile.permute(1, 2, 0).numpy(), interpolation='nearest')
@@ -430,6 +250,23 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _auxiliary_network(cls, options: Dict[str, Any], model, default_model: bool) -> None:
+    """A mode that takes a frozen pretrained network (Attentive CutMix's extractor) gets one that needs no
+    download: the preview's own model when it is the offline default, else the offline EfficientNet-Lite0."""
+    if cls.auxiliary_network is None or cls.auxiliary_network[0] in options:
+        return
+    option, checkpoint = cls.auxiliary_network
+    if default_model:
+        options[option] = model
+        return
+    from .pretrained import pretrained_efficientnet_lite0
+    try:
+        options[option] = pretrained_efficientnet_lite0(num_classes=0)
+    except ImportError as e:
+        raise _fail(f"{cls.name} needs a pretrained {option}: {e}; or --set {option}=NAME "
+                    f"--set {checkpoint}=FILE") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     try:
@@ -443,9 +280,14 @@ def run(args: argparse.Namespace) -> int:
     from matplotlib import colormaps
     if args.cmap not in colormaps:
         raise _fail(f"unknown matplotlib colour map {args.cmap!r}")
+    from .modes import get_mode_class
+    cls = get_mode_class(args.mode)
     options = parse_mode_options(args.mode, args.set)
-    images, image_names = load_images(args.images, args.size)
-    if len(images) < 2 and args.mode in ('snapmix', 'saliencymix', 'attentive'):
+    try:
+        images, image_names = load_images(args.images, args.size)
+    except ReadError as e:
+        raise _fail(str(e)) from None
+    if len(images) < 2 and cls.mixes_pairs:
         raise _fail(f"{args.mode} mixes pairs of images: give at least two")
     model, model_desc = _load_model(args)
     import timm
@@ -456,20 +298,10 @@ def run(args: argparse.Namespace) -> int:
         labels = model(x).argmax(1)
     k = int(getattr(model, 'num_classes', 0) or 0)
     names = _class_names(k, args.class_names)
-    if args.mode == 'attentive' and 'extractor' not in options:
-        if args.model is None:
-            options['extractor'] = model
-        else:
-            from .pretrained import pretrained_efficientnet_lite0
-            try:
-                options['extractor'] = pretrained_efficientnet_lite0(num_classes=0)
-            except ImportError as e:
-                raise _fail(f"attentive needs a pretrained extractor: {e}; or --set extractor=NAME "
-                            "--set extractor_checkpoint=FILE") from None
-    from .modes import get_mode_class
-    if 'cam_bn' in {o.name for o in get_mode_class(args.mode).options} and 'cam_bn' not in options:
-        # a frozen pretrained model shown a few unrelated photos: batch statistics (snapmix's training
-        # default) would describe this odd batch, not the model, and smear its CAM off the objects
+    _auxiliary_network(cls, options, model, default_model=args.model is None)
+    if 'cam_bn' in {o.name for o in cls.options} and 'cam_bn' not in options:
+        # a frozen pretrained model shown a few unrelated photos: batch statistics (a training default of
+        # some modes) would describe this odd batch, not the model, and smear its CAM off the objects
         options['cam_bn'] = 'eval'
     prob = options.pop('prob', 1.0)
     from . import create_mix_fn
@@ -481,12 +313,12 @@ def run(args: argparse.Namespace) -> int:
     params = mix_fn.make_params(x, labels)
     x_mixed, soft = mix_fn.apply(x, labels, params)
     title = f"{args.mode} on {model_desc}; seed {args.seed}\n{mix_fn!r}"
-    render_preview(args.mode, x, labels, x_mixed, soft, params, mix_fn.mean, mix_fn.std, args.output,
+    render_preview(mix_fn, x, labels, x_mixed, soft, params, args.output,
                    names=names, image_names=image_names, title=title, cmap=args.cmap)
-    same = _same_label(params, labels, len(images))
-    note = ' ' + _SAME_LABEL_NOTE.replace('\n', ' ')
+    notes = mix_fn.row_notes(params, labels)
     for i in range(len(images)):
+        note = (' ' + notes[i].replace('\n', ' ')) if notes[i] else ''
         print(f"{image_names[i]}: predicted {_label(int(labels[i]), names)}; mixed target: "
-              f"{_weights_text(soft[i], names).replace(chr(10), ' + ')}{note if same[i] else ''}")
+              f"{_weights_text(soft[i], names).replace(chr(10), ' + ')}{note}")
     print(f"wrote {args.output}")
     return 0

@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .console import CLASS_MAP_FILE
+
 __all__ = [
     'CHUNK', 'SPLITS', 'COLOURS', 'PATTERNS', 'MAX_CLASSES', 'class_names', 'make_split',
     'SyntheticFineGrained', 'write_image_folder', 'load_part_masks', 'CLASS_MAP_FILE', 'VERSION',
@@ -38,7 +40,6 @@ COLOURS: Dict[str, Tuple[float, float, float]] = {
 PATTERNS = ('solid', 'capped')
 MAX_CLASSES = len(COLOURS) * len(PATTERNS)
 MASKS_FILE = 'part_masks_{split}.pt'
-CLASS_MAP_FILE = 'class_map.txt'
 
 _BODY_RGB = (0.55, 0.45, 0.34)      # the shared body colour family (jittered per image)
 _N_DISTRACTORS = 4

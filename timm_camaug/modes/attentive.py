@@ -10,18 +10,19 @@ the image (N/49 when the grid divides the image). As in the paper, the attention
 whose patches are pasted (A), so that A's most informative regions are what B receives.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..boxes import cell_masks
+from ..boxes import cell_boxes, cell_masks
 from ..devices import to_device
 from ..extractor import create_timm_model, freeze, frozen_copy, model_mean_std, spatial_features
 from ..pixels import denormalize, normalize
 from ..targets import mix_soft_targets
-from .base import MixMode, MixParams, Option, _optional_str, _require
+from .base import MixMode, MixParams, MixRegions
+from .options import Option, optional_str, require
 
 __all__ = ['AttentiveCutMix', 'AttentiveParams', 'REDUCTIONS', 'reduce_channels', 'top_cells']
 
@@ -34,7 +35,7 @@ _OFFLINE_HINT = ("a local checkpoint file with extractor_checkpoint=<file> "
 class AttentiveParams(MixParams):
     """Random draws (CPU) and the extractor's cell ranking (input's device) of one Attentive CutMix call."""
     perm: torch.Tensor              # (N,) int64: sample i receives cells of sample perm[i]
-    maps: Optional[torch.Tensor]    # (N, g_h, g_w) float32 reduced feature map of each unmixed x[j]; None if inactive
+    guidance: Optional[torch.Tensor]    # (N, g_h, g_w) float32 reduced feature map of each unmixed x[j]; None if inactive
     cells: torch.Tensor             # (N, g_h, g_w) bool: cells pasted into x[i], the top-N of maps[perm[i]]
 
 
@@ -80,15 +81,32 @@ class AttentiveCutMix(MixMode):
     there once), on the batch re-normalised from the data config's mean/std to its own ``pretrained_cfg``
     mean/std (ImageNet's for modules without one). It is a plain attribute, never part of the model under
     training. One forward of a blank image at construction finds its grid and fails early on a bad extractor.
+
+    Examples:
+        >>> import timm, torch
+        >>> from timm_camaug import create_mix_fn
+        >>> extractor = timm.create_model('test_resnet', num_classes=0)     # use a pretrained network
+        >>> mix_fn = create_mix_fn('attentive', num_classes=5, extractor=extractor, extractor_size=64, top_n=2,
+        ...                        generator=torch.Generator().manual_seed(0))
+        >>> mix_fn.grid                                 # the extractor's feature-map grid at 64 px
+        (2, 2)
+        >>> x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+        >>> x_mixed, target = mix_fn(x, y)
+        >>> target.max(1).values                        # 2 of 4 cells pasted: each label weighs 0.5
+        tensor([0.5000, 0.5000, 0.5000, 0.5000])
     """
     name = 'attentive'
     default_prob = 1.0
     prob_per = 'batch'
+    auxiliary_network = ('extractor', 'extractor_checkpoint')
+    small_input_options = {'extractor_size': 128, 'top_n': 2}   # a 4x4 grid; 2 of 16 cells keep the paper's
+    #                                                             pasted share (6 of 49, 12 %) at a third of the cost
+    guidance_name = 'extractor cell map'
     options = (
         Option('extractor', 'resnet50', 'timm model name of the frozen ImageNet-pretrained feature extractor '
                                         '(weights from the hub unless --attentive-extractor-checkpoint)', str),
         Option('extractor_checkpoint', None, 'local weights file of the extractor, for machines without internet '
-                                             '(state_dict or timm checkpoint)', _optional_str),
+                                             '(state_dict or timm checkpoint)', optional_str),
         Option('extractor_size', 224, 'square input size of the extractor (the batch is resized to it)', int),
         Option('top_n', 6, 'grid cells pasted per image (1 .. cells of the grid, 49 for resnet50 at 224)', int),
         Option('reduce', 'mean', 'channel reduction of the feature map that ranks the cells', str, REDUCTIONS),
@@ -97,7 +115,7 @@ class AttentiveCutMix(MixMode):
     def __init__(self, *, extractor: Union[str, nn.Module] = 'resnet50', extractor_checkpoint: Optional[str] = None,
                  extractor_size: int = 224, top_n: int = 6, reduce: str = 'mean', **kwargs):
         super().__init__(**kwargs)
-        self._check_level(AttentiveCutMix, dict(reduce=reduce, extractor_size=extractor_size, top_n=top_n))
+        self._validate(AttentiveCutMix, reduce=reduce, extractor_size=extractor_size, top_n=top_n)
         if isinstance(extractor, nn.Module):
             if extractor_checkpoint is not None:
                 raise ValueError("attentive: extractor_checkpoint applies to a timm model name; "
@@ -126,17 +144,17 @@ class AttentiveCutMix(MixMode):
         if self.device is not None:
             self._move_to(self.device)
         probe = torch.zeros(1, len(self.mean), extractor_size, extractor_size, device=self.device)
-        self.grid: Tuple[int, int] = tuple(self.grid_maps(probe).shape[-2:])
+        self.grid: Tuple[int, int] = tuple(self.guidance_maps(probe).shape[-2:])
 
     @classmethod
     def _check_options(cls, o: Dict[str, Any]) -> None:
-        _require(o['reduce'] in REDUCTIONS, 'reduce',
-                 f"attentive: unknown reduce {o['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
+        require(o['reduce'] in REDUCTIONS, 'reduce',
+                f"attentive: unknown reduce {o['reduce']!r}; choose one of {', '.join(REDUCTIONS)}")
         size, top_n = o['extractor_size'], o['top_n']
-        _require(isinstance(size, int) and not isinstance(size, bool) and size >= 1, 'extractor_size',
-                 f"attentive: extractor_size must be a positive int, got {size!r}")
-        _require(isinstance(top_n, int) and not isinstance(top_n, bool) and top_n >= 1, 'top_n',
-                 f"attentive: top_n must be an int >= 1, got {top_n!r}")
+        require(isinstance(size, int) and not isinstance(size, bool) and size >= 1, 'extractor_size',
+                f"attentive: extractor_size must be a positive int, got {size!r}")
+        require(isinstance(top_n, int) and not isinstance(top_n, bool) and top_n >= 1, 'top_n',
+                f"attentive: top_n must be an int >= 1, got {top_n!r}")
 
     def __repr__(self) -> str:
         return (f"AttentiveCutMix(prob={self.prob}, extractor={self.extractor_name!r}, "
@@ -153,8 +171,9 @@ class AttentiveCutMix(MixMode):
             raise ValueError(f"attentive: top_n={self.top_n} is out of range for the extractor's {grid[0]}x{grid[1]} "
                              f"grid (1..{cells}); lower --attentive-top-n or raise --attentive-extractor-size")
 
-    def grid_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, g_h, g_w) float32 cell scores of the normalised batch ``x``: the reduced extractor feature map."""
+    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, g_h, g_w) float32 cell scores of the normalised batch ``x``: the reduced extractor feature map
+        (``labels`` are not used)."""
         if self._device != x.device:
             self._move_to(x.device)
         size = (self.extractor_size, self.extractor_size)
@@ -179,7 +198,7 @@ class AttentiveCutMix(MixMode):
             return AttentiveParams(active, torch.arange(n), None,
                                    torch.zeros((n,) + self.grid, dtype=torch.bool, device=x.device))
         perm = self._randperm(n)
-        maps = self.grid_maps(x)
+        maps = self.guidance_maps(x)
         return AttentiveParams(active, perm, maps, top_cells(maps[to_device(perm, maps.device)], self.top_n))
 
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
@@ -192,3 +211,11 @@ class AttentiveCutMix(MixMode):
         x_mixed = torch.where(mask[:, None], x[perm], x)
         a = mask.flatten(1).float().mean(1)                             # pasted fraction: A's label weight
         return x_mixed, mix_soft_targets(soft, perm, 1.0 - a, a)
+
+    def regions(self, params: AttentiveParams, hw: Sequence[int]) -> MixRegions:
+        """The pasted cells, at the same place in ``x[i]`` and in ``x[perm[i]]``."""
+        active = params.active.cpu()
+        cells = params.cells.cpu() & active[:, None, None]
+        region = cell_masks(cells, hw)
+        boxes = cell_boxes(cells, hw)
+        return MixRegions(active, region, params.perm.cpu(), region, boxes, boxes)

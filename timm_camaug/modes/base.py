@@ -1,4 +1,5 @@
-""" What every mix mode shares: options, probability gating, targets, and the CAM of the model under training.
+""" The base class of every mix mode, and what callers (train.py glue, preview, demo, bench, the fidelity
+measure) may ask of a mode without knowing which one it is.
 
 A mode is a callable ``mode(x, target) -> (x_mixed, soft_target)`` in two steps, as kornia splits its
 augmentations: :meth:`MixMode.make_params` draws every random choice and does every piece of model work
@@ -6,61 +7,28 @@ augmentations: :meth:`MixMode.make_params` draws every random choice and does ev
 so ``mode.apply(x, target, params)`` replays a mix exactly. Subclasses implement ``_make_params`` and
 ``_apply`` on checked inputs; a call checks the batch and its targets once.
 
-Option values are checked by one function per class (``_check_options``), which the constructor runs and
-:meth:`MixMode.validate_options` runs without building anything (train.py's start-up check).
+Some modes complete their targets from the training forward on the mixed batch (TransMix): after that
+forward, ``target = mode.finalize(target)``. Every mode has ``finalize``; for most it returns ``target``
+as it is.
+
+A new mode is one file: a subclass that sets the class attributes below, declares its options (each one
+also a keyword of its ``__init__`` with the same default: checked when the class is defined), and
+implements ``_make_params``, ``_apply`` and ``regions``; :func:`timm_camaug.register_mode` (or the
+``timm_camaug.modes`` entry-point group) makes it a ``--mix-mode`` choice.
 """
 import argparse
-import math
-import numbers
+import inspect
 from contextlib import suppress
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from ..cam import CAM_METHODS, FEATURES, layer_maps, pool_linear_classifier, resolve_target_layer, upsample_maps
-from ..model_state import BN_MODES, unwrap_model
 from ..pixels import resolve_mean_std
 from ..targets import prepare_targets
+from .options import Option, OptionError, is_finite_number, require
 
-__all__ = ['Option', 'OptionError', 'MixMode', 'CamGuidedMode', 'MixParams']
-
-
-@dataclass(frozen=True)
-class Option:
-    """One keyword option of a mode, and its train.py flag ``--<mode>-<name>``."""
-    name: str
-    default: Any
-    help: str
-    type: Optional[Callable[[str], Any]] = None   # parser type; None: the default's type
-    choices: Optional[Tuple[Any, ...]] = None
-
-    def parse_type(self) -> Callable[[str], Any]:
-        if self.type is not None:
-            return self.type
-        if self.default is None or isinstance(self.default, bool):
-            raise TypeError(f"option {self.name!r} needs an explicit type")
-        return type(self.default)
-
-
-class OptionError(ValueError):
-    """A bad value of one option of a mode; ``option`` is its name (train.py's flag is ``--<mode>-<option>``)."""
-
-    def __init__(self, option: str, message: str):
-        super().__init__(message)
-        self.option = option
-
-
-def _require(ok: bool, option: str, message: str) -> None:
-    if not ok:
-        raise OptionError(option, message)
-
-
-def is_finite_number(v: Any) -> bool:
-    """A real, finite number (not a bool, NaN or infinity)."""
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+__all__ = ['MixMode', 'MixParams', 'MixRegions', 'Option', 'OptionError']
 
 
 @dataclass
@@ -75,8 +43,20 @@ class MixParams:
         return type(self)(**kw)
 
 
+@dataclass
+class MixRegions:
+    """Where a call changed each image, from its params alone (CPU tensors): what preview draws and what the
+    label-fidelity measure compares the label weights with."""
+    active: torch.Tensor                    # (N,) bool: samples the call changed
+    target: torch.Tensor                    # (N, H, W) bool: pixels of x[i] replaced (pasted over or erased)
+    perm: Optional[torch.Tensor] = None     # (N,) int64 partner of each sample; None for erasing modes
+    source: Optional[torch.Tensor] = None   # (N, H, W) bool: pixels of x[perm[i]] the mixed image shows
+    target_boxes: Optional[torch.Tensor] = None   # (N, k, 4) [y0, y1, x0, x1] outlines of ``target`` (empty
+    source_boxes: Optional[torch.Tensor] = None   # boxes pad); None: ``target`` is drawn as a mask
+
+
 class MixMode:
-    """Base class: gating by ``prob``, ``set_epoch``, ``mixup_enabled``, targets and random draws.
+    """Base class: gating by ``prob``, ``set_epoch``, ``mixup_enabled``, ``finalize``, targets and random draws.
 
     Args:
         num_classes: number of classes of the soft targets.
@@ -89,10 +69,25 @@ class MixMode:
         amp_autocast: context manager factory for model forwards (train.py's ``amp_autocast``).
         device: where auxiliary models live (the input's device is used for everything else).
     """
+    # --- declared by each mode
     name: ClassVar[str] = ''
     default_prob: ClassVar[float] = 1.0
-    prob_per: ClassVar[str] = 'batch'          # 'batch' or 'sample'
-    options: ClassVar[Tuple[Option, ...]] = ()
+    prob_per: ClassVar[str] = 'batch'                  # 'batch' or 'sample'
+    options: ClassVar[Tuple[Option, ...]] = ()         # train.py flags --<name>-<option>, YAML keys <name>_<option>
+    python_options: ClassVar[Tuple[str, ...]] = ()     # keywords that take Python objects (modules), not flags
+
+    # --- what callers ask of a mode
+    mixes_pairs: ClassVar[bool] = True          # False: erases within each image and keeps its label
+    weights_sum_to_one: ClassVar[bool] = True   # the two label weights of a mixed image add up to 1
+    uses_model: ClassVar[bool] = False          # takes the model under training (create_mix_fn passes model=)
+    guided_by_model: ClassVar[bool] = False     # follows the model under training's maps (--mix-cam-start-epoch)
+    needs_hooks: ClassVar[bool] = False         # runs forward hooks on the model (--torchscript cannot)
+    reads_training_forward: ClassVar[bool] = False  # finalize() reads the training forward (no torch.compile)
+    auxiliary_network: ClassVar[Optional[Tuple[str, str]]] = None   # (option, checkpoint option) taking a
+    #                                                 frozen pretrained network, e.g. ('extractor', 'extractor_checkpoint')
+    small_input_options: ClassVar[Dict[str, Any]] = {}   # options for small images on a CPU (the demo)
+    guidance_name: ClassVar[str] = 'guidance map'        # what preview calls the map the mode follows
+    guidance_scale: ClassVar[str] = 'min-max'            # how preview colours it: 'min-max' or '0-1'
 
     def __init__(
             self,
@@ -105,13 +100,15 @@ class MixMode:
             amp_autocast: Optional[Callable[[], Any]] = None,
             device: Optional[torch.device] = None,
     ):
-        self._check_level(MixMode, {'prob': prob})
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"{self.name}: num_classes must be a positive int, got {num_classes!r}")
+        self._validate(MixMode, prob=prob)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"{self.name}: num_classes must be a positive int, got "
+                             f"{type(num_classes).__name__} {num_classes!r}")
         self.num_classes = num_classes
         self.prob = self.default_prob if prob is None else float(prob)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(f"{self.name}: label_smoothing must be in [0, 1), got {label_smoothing}")
+        if not is_finite_number(label_smoothing) or not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"{self.name}: label_smoothing must be a number in [0, 1), got "
+                             f"{type(label_smoothing).__name__} {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
         if generator is not None:
             if not isinstance(generator, torch.Generator):
@@ -127,6 +124,13 @@ class MixMode:
         self.device = torch.device(device) if device is not None else None
         self.mixup_enabled = True
         self.epoch = 0
+        self._pending: Any = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _check_declarations(cls)
+
+    # --- options
 
     @classmethod
     def _check_options(cls, o: Dict[str, Any]) -> None:
@@ -135,8 +139,8 @@ class MixMode:
         Every class that adds options defines its own; :meth:`validate_options` runs all of a mode's.
         """
         prob = o['prob']
-        _require(prob is None or (is_finite_number(prob) and 0.0 <= prob <= 1.0), 'prob',
-                 f"{cls.name}: prob must be in [0, 1], got {prob}")
+        require(prob is None or (is_finite_number(prob) and 0.0 <= prob <= 1.0), 'prob',
+                f"{cls.name}: prob must be a number in [0, 1], got {_shown(prob)}")
 
     @classmethod
     def _check_level(cls, owner: type, values: Dict[str, Any]) -> None:
@@ -144,6 +148,15 @@ class MixMode:
         check = vars(owner).get('_check_options')
         if check is not None:
             check.__func__(cls, values)
+
+    def _validate(self, owner: type, **values: Any) -> None:
+        """Check the option values ``owner`` (the class whose ``__init__`` calls this) receives: their types,
+        then ``owner``'s own rules; a constructor runs this before using them."""
+        declared = {o.name: o for o in type(self).options}
+        for name, value in values.items():
+            if name in declared:
+                _check_type(type(self), declared[name], value)
+        self._check_level(owner, values)
 
     @classmethod
     def validate_options(cls, **options: Any) -> None:
@@ -153,19 +166,43 @@ class MixMode:
         names the option) for the first bad value, with the constructor's message.
         """
         values = {'prob': None, **{o.name: o.default for o in cls.options}, **options}
+        for o in cls.options:
+            _check_type(cls, o, values[o.name])
         for owner in reversed(cls.__mro__):
             cls._check_level(owner, values)
 
+    @classmethod
+    def train_defaults(cls, args: argparse.Namespace, options: Dict[str, Any]) -> Dict[str, Any]:
+        """Option values that derive from train.py's other arguments, for options left at None in ``options``
+        (e.g. CAM-erase's warm-up: half of ``args.epochs``)."""
+        return {}
+
+    @classmethod
+    def train_args_problems(cls, args: argparse.Namespace, options: Dict[str, Any]) -> List[str]:
+        """Reasons this mode cannot run with train.py's other flags in ``args`` (empty: none)."""
+        problems = []
+        flag = f'--mix-mode {cls.name}'
+        if cls.needs_hooks and getattr(args, 'torchscript', False):
+            problems.append(f"{flag} needs forward hooks on the model, which --torchscript models do not run")
+        if cls.reads_training_forward and getattr(args, 'torchcompile', None):
+            problems.append(f"{flag} reads the training forward through a hook, which a torch.compile'd model "
+                            "does not run: drop --torchcompile")
+        return problems
+
     def __repr__(self) -> str:
-        opts = ', '.join(f'{o.name}={getattr(self, o.name)!r}' for o in self.options if hasattr(self, o.name))
-        return f'{type(self).__name__}(prob={self.prob}, {opts})'
+        opts = ''.join(f', {o.name}={getattr(self, o.name)!r}' for o in self.options if hasattr(self, o.name))
+        return f'{type(self).__name__}(prob={self.prob}{opts})'
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    # --- the call, its two steps, and the completion after the training forward
+
     def __call__(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        self._drop_pending()
         soft, labels = self._check_batch(x, target)
-        return self._apply(x, soft, labels, self._make_params(x, labels))
+        params = self._make_params(x, labels)
+        return self._apply_and_wait(x, soft, labels, params)
 
     def make_params(self, x: torch.Tensor, target: torch.Tensor) -> MixParams:
         """Every random draw and every piece of model work of one call on ``(x, target)``."""
@@ -174,8 +211,34 @@ class MixMode:
 
     def apply(self, x: torch.Tensor, target: torch.Tensor, params: MixParams) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(x_mixed, soft_target)`` from ``params`` (pure: the same params give the same result)."""
+        self._drop_pending()
         soft, labels = self._check_batch(x, target)
-        return self._apply(x, soft, labels, params)
+        return self._apply_and_wait(x, soft, labels, params)
+
+    def finalize(self, target: torch.Tensor) -> torch.Tensor:
+        """The completed soft targets of the last mixed batch, after the training forward on it (detached).
+
+        For modes whose labels are known before the forward this returns ``target`` unchanged. Call it once
+        per call of the mode; a second call, or one before any mix, is an error.
+        """
+        if self._pending is None:
+            raise RuntimeError(f"{self.name}: finalize() without a pending mix: call it once per batch, after "
+                               "mix_fn(x, target) and the training forward on the mixed batch")
+        pending, self._pending = self._pending, None
+        try:
+            return self._finalize(target, pending)
+        finally:
+            self._release(pending)
+
+    def _apply_and_wait(self, x, soft, labels, params) -> Tuple[torch.Tensor, torch.Tensor]:
+        x_mixed, soft = self._apply(x, soft, labels, params)
+        self._pending = self._begin_pending(params, soft, labels)
+        return x_mixed, soft
+
+    def _drop_pending(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._release(pending)
 
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> MixParams:
         raise NotImplementedError
@@ -183,6 +246,41 @@ class MixMode:
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
                params: MixParams) -> Tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def _begin_pending(self, params: MixParams, soft: torch.Tensor, labels: torch.Tensor) -> Any:
+        """What ``finalize`` needs of this call (modes that read the training forward register hooks here)."""
+        return True
+
+    def _finalize(self, target: torch.Tensor, pending: Any) -> torch.Tensor:
+        return target
+
+    def _release(self, pending: Any) -> None:
+        """Free what ``_begin_pending`` took (hooks), whether or not ``finalize`` ran."""
+
+    # --- what preview and the label-fidelity measure ask
+
+    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """(N, h, w) maps the mode follows for the batch ``x`` (CAM, saliency, extractor cells); None for
+        modes that follow none."""
+        return None
+
+    def image_guidance(self, params: MixParams) -> Optional[torch.Tensor]:
+        """(N, h, w) float map of each unmixed image ``i`` as the call used it (NaN rows: no map for that
+        image; None: no maps)."""
+        maps = getattr(params, 'guidance', None)
+        return None if maps is None else maps.float()
+
+    def guidance_levels(self, params: MixParams) -> Optional[torch.Tensor]:
+        """(N,) threshold of each image's guidance map, where the mode cuts at one (None: no threshold)."""
+        return None
+
+    def regions(self, params: MixParams, hw: Sequence[int]) -> MixRegions:
+        """Where ``apply`` with ``params`` changes an (H, W) batch (see :class:`MixRegions`)."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its regions")
+
+    def row_notes(self, params: MixParams, labels: torch.Tensor) -> List[str]:
+        """Per sample, a remark preview prints under the result (e.g. why its label weights are unusual)."""
+        return [''] * int(params.active.shape[0])
 
     # --- helpers for subclasses
 
@@ -208,123 +306,51 @@ class MixMode:
         return torch.randperm(n, generator=self.generator)
 
 
-def _positive_float(s: str) -> float:
-    """argparse type of a fraction in (0, 1]; argparse prefixes the message with the flag."""
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {s!r}") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {s!r}")
-    return v
+def _shown(value: Any) -> str:
+    """A value in a message, with its type where the type is the problem."""
+    return repr(value) if is_finite_number(value) or value is None else f'{type(value).__name__} {value!r}'
 
 
-def _optional_str(s: str) -> Optional[str]:
-    return None if s.lower() in ('', 'none', 'null') else s
+def _check_type(cls, option: Option, value: Any) -> None:
+    """An option's value has the kind its flag parses to (a number for numbers, an int for ints)."""
+    if value is None or option.name in cls.python_options:
+        return
+    kind = option.type or (type(option.default) if option.default is not None else None)
+    if kind is bool:
+        ok, what = isinstance(value, bool), 'a bool'
+    elif kind is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), 'an int'
+    elif kind is float or (kind is not None and option.choices is None and isinstance(option.default, float)):
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), 'a number'
+    else:       # text options: each mode's own rules name the valid values
+        return
+    require(ok, option.name, f"{cls.name}: {option.name} must be {what}, got {_shown(value)}")
 
 
-class CamGuidedMode(MixMode):
-    """A mode guided by the CAM of the model under training (SnapMix, Gutout, CAM-erase).
-
-    Extra args:
-        model: the model under training (DDP / compiled wrappers are unwrapped).
-        cam_method: a method of :data:`timm_camaug.cam.CAM_METHODS`.
-        cam_layer: target layer name (None: the CAM engine's default, the final feature map for CNNs).
-        cam_bn: BatchNorm statistics of the CAM forward, ``'eval'`` or ``'batch'`` (running statistics are
-            never updated).
-        cam_scale: compute the CAM on the batch resized by this factor (1.0: full size), for speed.
-        check_model: run one CAM of a single blank image at construction, so that a model the mode cannot
-            use fails at start-up rather than at the first step.
-    """
-    cam_options: ClassVar[Tuple[Option, ...]] = (
-        Option('cam_method', 'auto', 'CAM method of the model under training', str, CAM_METHODS),
-        Option('cam_layer', None, "CAM target layer, a module name such as 'layer3' (default: final feature map)",
-               _optional_str),
-        Option('cam_bn', 'eval', "BatchNorm statistics of the CAM forward: 'eval' (running) or 'batch' "
-                                  "(the batch's own); running statistics are never updated", str, BN_MODES),
-        Option('cam_scale', 1.0, 'compute the CAM on the batch resized by this factor (speed; 1.0 = full size)',
-               _positive_float),
-    )
-
-    def __init__(self, *, model: nn.Module, cam_method: str = 'auto', cam_layer: Optional[str] = None,
-                 cam_bn: str = 'eval', cam_scale: float = 1.0, check_model: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        if model is None:
-            raise ValueError(f"{self.name} needs the model under training: create_mix_fn({self.name!r}, model=model, ...)")
-        self._check_level(CamGuidedMode, dict(cam_method=cam_method, cam_bn=cam_bn, cam_scale=cam_scale))
-        self.model = unwrap_model(model)
-        self.cam_method = cam_method
-        self.cam_layer = cam_layer
-        self.cam_bn = cam_bn
-        self.cam_scale = float(cam_scale)
-        model_classes = getattr(self.model, 'num_classes', None)
-        if isinstance(model_classes, int) and 0 < model_classes < self.num_classes:
-            raise ValueError(f"{self.name}: the model has {model_classes} classes, fewer than num_classes="
-                             f"{self.num_classes}: labels >= {model_classes} have no class score to take a CAM of")
-        # labels are range-checked once per call against num_classes; the CAM engine need not check them again
-        self._cam_checks_target = not isinstance(model_classes, int)
-        resolve_target_layer(self.model, cam_layer)   # unknown layer names fail here, with close names
-        if check_model:
-            self._check_model()
-
-    @classmethod
-    def _check_options(cls, o: Dict[str, Any]) -> None:
-        methods = cls._cam_methods()
-        _require(o['cam_method'] in methods, 'cam_method',
-                 f"{cls.name}: unknown cam_method {o['cam_method']!r}; choose one of {', '.join(methods)}")
-        _require(o['cam_bn'] in BN_MODES, 'cam_bn', f"{cls.name}: cam_bn must be one of {BN_MODES}, got {o['cam_bn']!r}")
-        scale = o['cam_scale']
-        _require(is_finite_number(scale) and 0.0 < scale <= 1.0, 'cam_scale',
-                 f"{cls.name}: cam_scale must be in (0, 1], got {scale}")
-
-    @classmethod
-    def _cam_methods(cls) -> Tuple[str, ...]:
-        return CAM_METHODS
-
-    def _check_model(self) -> None:
-        size = tuple((self.data_config or {}).get('input_size') or (3, 224, 224))
-        p = next(self.model.parameters(), None)
-        dev = p.device if p is not None else (self.device or torch.device('cpu'))
-        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        # two blank images: BatchNorm in batch-statistics mode needs more than one value per channel
-        x = torch.zeros((2,) + size, device=dev, dtype=dtype)
-        self.guidance_maps(x, torch.zeros(2, dtype=torch.long, device=dev))
-
-    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """(N, H, W) maps the mode is guided by (raw CAM here; modes refine it)."""
-        return self._cam_maps(x, labels)
-
-    def _cam_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor], **kw) -> torch.Tensor:
-        """(N, H, W) raw CAM of the model under training for ``labels`` (None: predicted class)."""
-        return self._cam_layer_maps(x, labels, **kw)[0]
-
-    def _cam_layer_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor], method: Optional[str] = None,
-                        **kw) -> Tuple[torch.Tensor, torch.Tensor]:
-        xs = x
-        if self.cam_scale < 1.0:
-            size = [max(1, round(s * self.cam_scale)) for s in x.shape[-2:]]
-            # antialiased resizing has no bf16/fp16 kernel on some backends: resize in float32
-            with torch.autocast(x.device.type, enabled=False):
-                xs = F.interpolate(x.float(), size=size, mode='bilinear', align_corners=False,
-                                   antialias=True).to(x.dtype)
-        with self.amp_autocast():
-            lm = layer_maps(self.model, xs, labels, method=method or self.cam_method, target_layer=self.cam_layer,
-                            bn=self.cam_bn, check_target=self._cam_checks_target, **kw)
-        return upsample_maps(lm.maps, x.shape[-2:]), lm.target
-
-    def _has_closed_form(self) -> bool:
-        return self.cam_layer in (None, FEATURES) and pool_linear_classifier(self.model) is not None
+def _init_defaults(cls) -> Dict[str, Any]:
+    """Keyword -> default of the ``__init__`` chain of ``cls`` (a subclass's own signature first)."""
+    out: Dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = vars(klass).get('__init__')
+        if init is None or klass is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != 'self':
+                out.setdefault(p.name, p.default)
+    return out
 
 
-def normalise_max(maps: torch.Tensor) -> torch.Tensor:
-    """Each map divided by its own maximum (maps with max <= 0 become all zero)."""
-    peak = maps.flatten(1).amax(1)
-    return torch.where(peak[:, None, None] > 0, maps / peak.clamp_min(1e-12)[:, None, None], torch.zeros_like(maps))
-
-
-def normalise_min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Each map shifted and scaled to [0, 1] (constant maps become all zero)."""
-    flat = maps.flatten(1)
-    lo, hi = flat.amin(1)[:, None, None], flat.amax(1)[:, None, None]
-    span = hi - lo
-    return torch.where(span > 0, (maps - lo) / span.clamp_min(1e-12), torch.zeros_like(maps))
+def _check_declarations(cls) -> None:
+    """A mode class declares each option once: its ``Option`` default is its ``__init__`` default."""
+    if cls.prob_per not in ('batch', 'sample'):
+        raise TypeError(f"{cls.__name__}.prob_per must be 'batch' or 'sample', got {cls.prob_per!r}")
+    defaults = _init_defaults(cls)
+    for o in cls.options:
+        if o.name not in defaults:
+            raise TypeError(f"{cls.__name__}: option {o.name!r} is not a keyword of its __init__")
+        if defaults[o.name] is inspect.Parameter.empty or defaults[o.name] != o.default:
+            raise TypeError(f"{cls.__name__}: option {o.name!r} defaults to {o.default!r} in its Option but to "
+                            f"{defaults[o.name]!r} in __init__; declare one default")
+    for name in cls.python_options:
+        if name not in defaults:
+            raise TypeError(f"{cls.__name__}: python option {name!r} is not a keyword of its __init__")

@@ -2,21 +2,26 @@
 
 Paper: Oh & Lee, "Class-Activation-Map based Random Erasing", KMMS 2023 (abstract only). After a warm-up
 of plain Random Erasing (Zhong et al., AAAI 2020, https://arxiv.org/abs/1708.04896), the erased box is
-centred in the object's vicinity: the region where the min-max normalised Grad-CAM of the label is at
-least ``t``. Everything the abstract leaves open is an option here; labels are unchanged.
+centred in the object's vicinity: the region where the Grad-CAM of the label is at least ``t``, the map made
+as Grad-CAM makes it (pytorch-grad-cam's rule: ReLU at the layer's grid, bilinear resize, min-max to
+[0, 1]). A sample whose CAM has no positive value has no vicinity and is erased as plain Random Erasing
+does. Everything the abstract leaves open is an option here; labels are unchanged.
 
 Box sizes follow Zhong et al.: area fraction U(0.02, 0.4) and aspect ratio U(0.3, 1/0.3), linear (timm's
 ``RandomErasing`` draws the aspect log-uniformly from (1/3, 3)). Instead of Zhong's retry loop, sides are
 clamped to the image, so every draw is one batched step.
 """
+import argparse
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
 from ..boxes import box_masks, sample_from_weights
 from ..devices import to_device
-from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number, normalise_min_max
+from .base import MixParams, MixRegions
+from .cam_guided import CamGuidedMode, normalise_min_max
+from .options import Option, is_finite_number, require
 
 __all__ = ['CamErase', 'CamEraseParams']
 
@@ -30,16 +35,16 @@ class CamEraseParams(MixParams):
     boxes: torch.Tensor             # (N, 4) int64 [y0, y1, x0, x1], fully inside the image (input's device)
     centres: torch.Tensor           # (N, 2) int64 (row, col) drawn for the box; the box is shifted to fit
     noise_seed: int                 # seed of the per-pixel normal fill (fill='pixel')
-    cam: Optional[torch.Tensor]     # (N, H, W) min-max normalised CAM (None during warm-up)
+    guidance: Optional[torch.Tensor]    # (N, H, W) Grad-CAM-normalised CAM in [0, 1] (None during warm-up)
 
 
 class CamErase(CamGuidedMode):
     """CAM-guided Random Erasing on the model under training.
 
     Args:
-        warmup_epochs: epochs of plain Random Erasing before the CAM guides the box (0 when built by name;
-            half of ``args.epochs`` when built from train.py's args).
-        t: the object's vicinity is {cam >= t} on the min-max normalised CAM (0.5).
+        warmup_epochs: epochs of plain Random Erasing before the CAM guides the box (None: 0 when built by
+            name, half of ``args.epochs`` when built from train.py's args).
+        t: the object's vicinity is {cam >= t} on the Grad-CAM-normalised map in [0, 1] (0.5).
         area: (min, max) erased area fraction (0.02, 0.4).
         aspect: (min, max) aspect ratio h/w, drawn uniformly (0.3, 3.33).
         location: box centre drawn uniformly from the region (``'region'``, default), proportionally to
@@ -49,11 +54,28 @@ class CamErase(CamGuidedMode):
         gamma: exponent of ``'weighted'`` (1.0).
         fill: ``'pixel'`` per-pixel N(0, 1) after normalisation (Random Erasing's random fill, timm's
             ``mode='pixel'``), ``'zero'`` (the dataset mean), or ``'const'`` (``fill_value``).
-        (and the CAM options of :class:`~timm_camaug.modes.base.CamGuidedMode`)
+        (and the CAM options of :class:`~timm_camaug.modes.cam_guided.CamGuidedMode`)
+
+    Examples:
+        >>> import timm, torch
+        >>> from timm_camaug import create_mix_fn
+        >>> model = timm.create_model('test_resnet', num_classes=5)
+        >>> mix_fn = create_mix_fn('cam-erase', model=model, num_classes=5, prob=1.0,
+        ...                        generator=torch.Generator().manual_seed(0), data_config={'input_size': (3, 64, 64)})
+        >>> x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+        >>> params = mix_fn.make_params(x, y)
+        >>> boxes = params.boxes                      # one box per image, fully inside it
+        >>> bool(((boxes[:, 1] <= 64) & (boxes[:, 3] <= 64) & (boxes >= 0).all(1)).all())
+        True
+        >>> x_erased, target = mix_fn.apply(x, y, params)
+        >>> torch.equal(target, torch.eye(5)[y])      # labels unchanged
+        True
     """
     name = 'cam-erase'
     default_prob = 0.5
     prob_per = 'sample'
+    mixes_pairs = False
+    guidance_name = 'Grad-CAM, 0-1'
     options = (
         Option('warmup_epochs', None, 'epochs of plain random erasing first (default: half of --epochs)', int),
         Option('t', 0.5, "object vicinity: min-max normalised CAM >= t"),
@@ -68,13 +90,13 @@ class CamErase(CamGuidedMode):
         Option('fill_value', 0.0, "value of fill='const'"),
     ) + CamGuidedMode.cam_options
 
-    def __init__(self, *, warmup_epochs: Optional[int] = 0, t: float = 0.5, area_min: float = 0.02,
+    def __init__(self, *, warmup_epochs: Optional[int] = None, t: float = 0.5, area_min: float = 0.02,
                  area_max: float = 0.4, aspect_min: float = 0.3, aspect_max: float = 1 / 0.3,
                  location: str = 'region', gamma: float = 1.0, fill: str = 'pixel', fill_value: float = 0.0,
                  **kwargs):
-        self._check_level(CamErase, dict(
-            warmup_epochs=warmup_epochs, t=t, area_min=area_min, area_max=area_max, aspect_min=aspect_min,
-            aspect_max=aspect_max, location=location, gamma=gamma, fill=fill, fill_value=fill_value))
+        self._validate(CamErase, warmup_epochs=warmup_epochs, t=t, area_min=area_min, area_max=area_max,
+                       aspect_min=aspect_min, aspect_max=aspect_max, location=location, gamma=gamma, fill=fill,
+                       fill_value=fill_value)
         warmup_epochs = 0 if warmup_epochs is None else int(warmup_epochs)
         self.warmup_epochs, self.t = warmup_epochs, float(t)
         self.area_min, self.area_max = float(area_min), float(area_max)
@@ -85,24 +107,31 @@ class CamErase(CamGuidedMode):
     @classmethod
     def _check_options(cls, o: Dict[str, Any]) -> None:
         w = o['warmup_epochs']
-        _require(w is None or (is_finite_number(w) and w >= 0), 'warmup_epochs',
-                 f"cam-erase: warmup_epochs must be >= 0, got {w}")
-        _require(is_finite_number(o['t']) and 0.0 <= o['t'] <= 1.0, 't', f"cam-erase: t must be in [0, 1], got {o['t']}")
+        require(w is None or (is_finite_number(w) and w >= 0), 'warmup_epochs',
+                f"cam-erase: warmup_epochs must be >= 0, got {w!r}")
+        require(is_finite_number(o['t']) and 0.0 <= o['t'] <= 1.0, 't', f"cam-erase: t must be in [0, 1], got {o['t']!r}")
         a0, a1 = o['area_min'], o['area_max']
-        _require(is_finite_number(a0) and is_finite_number(a1) and 0.0 < a0 <= a1 <= 1.0,
-                 'area_max' if not (is_finite_number(a1) and 0.0 < a1 <= 1.0) else 'area_min',
-                 f"cam-erase: need 0 < area_min <= area_max <= 1, got {a0}, {a1}")
+        require(is_finite_number(a0) and is_finite_number(a1) and 0.0 < a0 <= a1 <= 1.0,
+                'area_max' if not (is_finite_number(a1) and 0.0 < a1 <= 1.0) else 'area_min',
+                f"cam-erase: need 0 < area_min <= area_max <= 1, got {a0}, {a1}")
         r0, r1 = o['aspect_min'], o['aspect_max']
-        _require(is_finite_number(r0) and is_finite_number(r1) and 0.0 < r0 <= r1,
-                 'aspect_max' if not (is_finite_number(r1) and r1 > 0.0) else 'aspect_min',
-                 f"cam-erase: need 0 < aspect_min <= aspect_max, got {r0}, {r1}")
-        _require(o['location'] in LOCATIONS, 'location',
-                 f"cam-erase: location must be one of {LOCATIONS}, got {o['location']!r}")
-        _require(is_finite_number(o['gamma']) and o['gamma'] >= 0, 'gamma',
-                 f"cam-erase: gamma must be >= 0, got {o['gamma']}")
-        _require(o['fill'] in FILLS, 'fill', f"cam-erase: fill must be one of {FILLS}, got {o['fill']!r}")
-        _require(is_finite_number(o['fill_value']), 'fill_value',
-                 f"cam-erase: fill_value must be a finite number, got {o['fill_value']}")
+        require(is_finite_number(r0) and is_finite_number(r1) and 0.0 < r0 <= r1,
+                'aspect_max' if not (is_finite_number(r1) and r1 > 0.0) else 'aspect_min',
+                f"cam-erase: need 0 < aspect_min <= aspect_max, got {r0}, {r1}")
+        require(o['location'] in LOCATIONS, 'location',
+                f"cam-erase: location must be one of {LOCATIONS}, got {o['location']!r}")
+        require(is_finite_number(o['gamma']) and o['gamma'] >= 0, 'gamma',
+                f"cam-erase: gamma must be >= 0, got {o['gamma']!r}")
+        require(o['fill'] in FILLS, 'fill', f"cam-erase: fill must be one of {FILLS}, got {o['fill']!r}")
+        require(is_finite_number(o['fill_value']), 'fill_value',
+                f"cam-erase: fill_value must be a finite number, got {o['fill_value']!r}")
+
+    @classmethod
+    def train_defaults(cls, args: argparse.Namespace, options: Dict[str, Any]) -> Dict[str, Any]:
+        """The warm-up, when not set: half of train.py's ``--epochs``."""
+        if options.get('warmup_epochs') is None:
+            return {'warmup_epochs': int(getattr(args, 'epochs', 0) or 0) // 2}
+        return {}
 
     @property
     def cam_guided(self) -> bool:
@@ -110,8 +139,9 @@ class CamErase(CamGuidedMode):
         return self.epoch >= self.warmup_epochs and self.location != 'anywhere'
 
     def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
-        """(N, H, W) CAMs of the labels, min-max normalised to [0, 1]."""
-        return normalise_min_max(self._cam_maps(x, labels))
+        """(N, H, W) CAMs of the labels as Grad-CAM shows them: ReLU at the layer's grid, bilinear resize,
+        min-max to [0, 1] (a map with no positive value is all zero)."""
+        return normalise_min_max(self._cam_maps(x, labels, relu=True))
 
     def _box_sizes(self, area_u: torch.Tensor, aspect_u: torch.Tensor, h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Box sides from uniform draws of the area fraction and the aspect ratio."""
@@ -147,7 +177,8 @@ class CamErase(CamGuidedMode):
         if self.cam_guided and bool(active.any()):
             cam = self.guidance_maps(x, labels)
             weights = self._weights(cam)
-            has_region = weights.flatten(1).sum(1) > 0
+            # no positive CAM value: no vicinity, plain random erasing (t = 0 would otherwise take it all)
+            has_region = (weights.flatten(1).sum(1) > 0) & (cam.flatten(1).amax(1) > 0)
             if self.location == 'bbox':
                 gy0, gy1, gx0, gx1 = _bbox_of(weights > 0)
                 bh = torch.minimum(bh, (gy1 - gy0).clamp_min(1))
@@ -176,6 +207,11 @@ class CamErase(CamGuidedMode):
             value = 0.0 if self.fill == 'zero' else self.fill_value
             fill = torch.full((), value, dtype=x.dtype, device=x.device)
         return torch.where(mask[:, None], fill, x), soft
+
+    def regions(self, params: CamEraseParams, hw: Sequence[int]) -> MixRegions:
+        """The erased boxes."""
+        active, boxes = params.active.cpu(), params.boxes.cpu()
+        return MixRegions(active, box_masks(boxes, hw) & active[:, None, None], target_boxes=boxes[:, None])
 
 
 def _bbox_of(region: torch.Tensor) -> Tuple[torch.Tensor, ...]:

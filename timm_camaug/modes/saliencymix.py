@@ -7,7 +7,7 @@ The saliency detector is OpenCV-contrib's fine-grained static saliency (Montabon
 batched in torch on the input's device by :mod:`timm_camaug.saliency`.
 """
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -16,7 +16,8 @@ from ..devices import to_device
 from ..pixels import to_uint8
 from ..saliency import fine_grained_saliency, opencv_float_saliency, saliency_peaks
 from ..targets import mix_soft_targets
-from .base import MixMode, MixParams, Option, _require, is_finite_number
+from .base import MixMode, MixParams, MixRegions
+from .options import Option, is_finite_number, require
 
 __all__ = ['SaliencyMix', 'SaliencyMixParams', 'VARIANTS']
 
@@ -30,7 +31,7 @@ class SaliencyMixParams(MixParams):
     lam: torch.Tensor                   # (N,) float64 Beta draw of the box size (one per batch, repeated)
     peaks: torch.Tensor                 # (N, 2) int64 (row, column) the box of sample i is centred on
     boxes: torch.Tensor                 # (N, 4) int64 [y0, y1, x0, x1], clipped to the image
-    saliency: Optional[torch.Tensor]    # uint8 saliency maps: (N, H, W) of x[perm] ('paper'), (1, H, W) of
+    guidance: Optional[torch.Tensor]    # uint8 saliency maps: (N, H, W) of x[perm] ('paper'), (1, H, W) of
     #                                     x[perm[0]] ('official'); None when nothing is mixed
 
 
@@ -53,10 +54,23 @@ class SaliencyMix(MixMode):
             (channels in RGB order read as BGR; the centre values are bytes of the float grey image, so the
             "peak" is a near-random, top-biased location), and that one box is pasted for the whole batch.
         (and the options of :class:`~timm_camaug.modes.base.MixMode`)
+
+    Examples:
+        >>> import torch
+        >>> from timm_camaug import create_mix_fn
+        >>> mix_fn = create_mix_fn('saliencymix', num_classes=5, generator=torch.Generator().manual_seed(0))
+        >>> x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+        >>> x_mixed, target = mix_fn(x, y)
+        >>> target.sum(1)           # the two label weights of each image add up to 1
+        tensor([1., 1., 1., 1.])
+        >>> params = mix_fn.make_params(x, y)
+        >>> params.boxes.shape      # one box per sample, centred on its source's saliency peak
+        torch.Size([4, 4])
     """
     name = 'saliencymix'
     default_prob = 1.0
     prob_per = 'batch'
+    guidance_name = 'saliency map'
     options = (
         Option('beta', 1.0, 'Beta(beta, beta) of the box size, one draw per batch'),
         Option('variant', 'paper', "'paper': 8-bit saliency of each source image, one box per sample; 'official': "
@@ -65,17 +79,17 @@ class SaliencyMix(MixMode):
     )
 
     def __init__(self, *, beta: float = 1.0, variant: str = 'paper', **kwargs):
-        self._check_level(SaliencyMix, dict(beta=beta, variant=variant))
+        self._validate(SaliencyMix, beta=beta, variant=variant)
         self.beta = float(beta)
         self.variant = variant
         super().__init__(**kwargs)
 
     @classmethod
     def _check_options(cls, o: Dict[str, Any]) -> None:
-        _require(is_finite_number(o['beta']) and o['beta'] > 0, 'beta',
-                 f"saliencymix: beta must be > 0, got {o['beta']}")
-        _require(o['variant'] in VARIANTS, 'variant',
-                 f"saliencymix: variant must be one of {', '.join(VARIANTS)}, got {o['variant']!r}")
+        require(is_finite_number(o['beta']) and o['beta'] > 0, 'beta',
+                f"saliencymix: beta must be > 0, got {o['beta']!r}")
+        require(o['variant'] in VARIANTS, 'variant',
+                f"saliencymix: variant must be one of {', '.join(VARIANTS)}, got {o['variant']!r}")
 
     def _check_images(self, x: torch.Tensor) -> None:
         c = x.shape[1]
@@ -85,8 +99,9 @@ class SaliencyMix(MixMode):
             raise ValueError(f"saliencymix: the data config's mean/std have {len(self.mean)} values for "
                              f"{c}-channel images")
 
-    def saliency_maps(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) uint8 saliency maps of normalised images, on their 8-bit pixels (the 'paper' variant).
+    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(N, H, W) uint8 saliency maps of normalised images, on their 8-bit pixels (the 'paper' variant;
+        ``labels`` are not used).
 
         OpenCV's float32 rounding of the integral image is not repeated (a per-row loop above 65,793 pixels):
         see :func:`~timm_camaug.saliency.fine_grained_saliency`.
@@ -106,7 +121,7 @@ class SaliencyMix(MixMode):
         perm = self._randperm(n)
         with torch.no_grad():
             if self.variant == 'paper':
-                saliency = self.saliency_maps(x[to_device(perm, dev)])
+                saliency = self.guidance_maps(x[to_device(perm, dev)])
                 peaks = saliency_peaks(saliency)
             else:
                 saliency = opencv_float_saliency(x[int(perm[0])][None])
@@ -128,3 +143,22 @@ class SaliencyMix(MixMode):
         lam = 1.0 - box_area(boxes).to(torch.float64) / float(h * w)
         lam = torch.where(active, lam, torch.ones_like(lam))
         return x_mixed, mix_soft_targets(soft, perm, lam, 1.0 - lam)
+
+    def image_guidance(self, params: SaliencyMixParams) -> Optional[torch.Tensor]:
+        """The saliency map of each unmixed image (NaN where the call computed none: 'official' has one)."""
+        if params.guidance is None:
+            return None
+        sal = params.guidance.float().cpu()
+        perm = params.perm.cpu()
+        n = perm.shape[0]
+        if sal.shape[0] == n:           # maps of x[perm]: the map of image i is where perm == i
+            return sal[torch.argsort(perm)]
+        out = torch.full((n,) + tuple(sal.shape[-2:]), float('nan'))
+        out[int(perm[0])] = sal[0]
+        return out
+
+    def regions(self, params: SaliencyMixParams, hw: Sequence[int]) -> MixRegions:
+        """The box, at the same place in ``x[i]`` and in ``x[perm[i]]``."""
+        active, boxes = params.active.cpu(), params.boxes.cpu()
+        region = box_masks(boxes, hw) & active[:, None, None]
+        return MixRegions(active, region, params.perm.cpu(), region, boxes[:, None], boxes[:, None])

@@ -8,15 +8,17 @@ semantic percent map (the normalised CAM of the image's own class) that the mixe
 """
 import logging
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..boxes import box_area, paste_resized, rand_bbox, region_sum, sample_beta
+from ..boxes import box_area, box_masks, paste_resized, rand_bbox, region_sum, sample_beta
 from ..cam import CAM_METHODS, FEATURES
 from ..devices import to_device
 from ..targets import mix_soft_targets
-from .base import CamGuidedMode, MixParams, Option, _require, is_finite_number
+from .base import MixParams, MixRegions
+from .cam_guided import CamGuidedMode
+from .options import Option, is_finite_number, require
 
 __all__ = ['SnapMix', 'SnapMixParams', 'semantic_percent_map_normalise', 'snapmix_label_weights']
 
@@ -33,7 +35,7 @@ class SnapMixParams(MixParams):
     lam_s: torch.Tensor             # (N,) float64 Beta draws of the source boxes
     box_t: torch.Tensor             # (N, 4) target box in x[i]       [y0, y1, x0, x1]
     box_s: torch.Tensor             # (N, 4) source box in x[perm[i]]
-    spm: Optional[torch.Tensor]     # (N, H, W) float32 semantic percent maps of the unmixed images (sum 1)
+    guidance: Optional[torch.Tensor]    # (N, H, W) float32 semantic percent maps of the unmixed images (sum 1)
 
 
 SPM_FLOORS = ('min', 'zero')
@@ -79,10 +81,12 @@ class SnapMix(CamGuidedMode):
         beta: Beta(beta, beta) of the two box draws (5.0, the authors' value for fine-grained data).
         boxes: ``'batch'`` shares one target/source box pair across the batch (the reference);
             ``'sample'`` draws a pair per sample.
-        cam_method: ``'spm'`` (default) is the reference's semantic percent map: ReLU'd final features
-            times the label's classifier row plus its bias (closed form, no backward). Models whose head is
-            not global-average-pool + linear fall back to Grad-CAM (``'auto'``), with a warning. Any other
-            CAM method of the engine may be named.
+        cam_method: ``'spm'`` (default) is the reference's semantic percent map: the final feature map times
+            the label's classifier row plus its bias (closed form, no backward). The reference ReLUs the
+            features first; a ResNet's features come out of a ReLU, so that changes nothing there, and for
+            models whose features can be negative (Swin, ViT, EfficientNet...) it would no longer be the map
+            behind the logit, so it is not applied. Models whose head is not global-average-pool + linear
+            fall back to Grad-CAM (``'auto'``), with a warning. Any other CAM method of the engine may be named.
         cam_bn: ``'batch'`` (default) normalises the CAM forward with the batch's statistics, as the
             reference's train-mode forward and the training forward that follows do, so the map describes
             the network the loss is computed on; running statistics are not updated (the reference updates
@@ -92,11 +96,27 @@ class SnapMix(CamGuidedMode):
         spm_floor: ``'min'`` (default, the reference) shifts each CAM by its minimum before dividing by its
             sum; ``'zero'`` keeps only its positive part. With a finer ``cam_layer`` this gives the most
             faithful label weights of the label-fidelity benchmark (see BENCHMARKS.md).
-        (and the options of :class:`~timm_camaug.modes.base.CamGuidedMode` / :class:`MixMode`)
+        (and the options of :class:`~timm_camaug.modes.cam_guided.CamGuidedMode` / :class:`MixMode`)
+
+    Examples:
+        >>> import timm, torch
+        >>> from timm_camaug import create_mix_fn
+        >>> model = timm.create_model('test_resnet', num_classes=5)
+        >>> mix_fn = create_mix_fn('snapmix', model=model, num_classes=5, generator=torch.Generator().manual_seed(0),
+        ...                        data_config={'input_size': (3, 64, 64)})
+        >>> x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+        >>> x_mixed, target = mix_fn(x, y)
+        >>> x_mixed.shape, target.shape
+        (torch.Size([4, 3, 64, 64]), torch.Size([4, 5]))
+        >>> params = mix_fn.make_params(x, y)          # every draw and the CAMs ...
+        >>> torch.equal(mix_fn.apply(x, y, params)[1], mix_fn.apply(x, y, params)[1])   # ... replay exactly
+        True
     """
     name = 'snapmix'
     default_prob = 1.0
     prob_per = 'batch'
+    weights_sum_to_one = False
+    guidance_name = 'semantic percent map'
     options = (
         Option('beta', 5.0, 'Beta(beta, beta) of the target and source box draws'),
         Option('boxes', 'batch', "one box pair per 'batch' (reference) or per 'sample'", str, ('batch', 'sample')),
@@ -110,7 +130,7 @@ class SnapMix(CamGuidedMode):
 
     def __init__(self, *, beta: float = 5.0, boxes: str = 'batch', cam_method: str = SPM, cam_bn: str = 'batch',
                  spm_floor: str = 'min', **kwargs):
-        self._check_level(SnapMix, dict(beta=beta, boxes=boxes, spm_floor=spm_floor))
+        self._validate(SnapMix, beta=beta, boxes=boxes, spm_floor=spm_floor)
         self.beta = float(beta)
         self.boxes = boxes
         self.spm_floor = spm_floor
@@ -125,11 +145,22 @@ class SnapMix(CamGuidedMode):
 
     @classmethod
     def _check_options(cls, o: Dict[str, Any]) -> None:
-        _require(is_finite_number(o['beta']) and o['beta'] > 0, 'beta', f"snapmix: beta must be > 0, got {o['beta']}")
-        _require(o['boxes'] in ('batch', 'sample'), 'boxes',
-                 f"snapmix: boxes must be 'batch' or 'sample', got {o['boxes']!r}")
-        _require(o['spm_floor'] in SPM_FLOORS, 'spm_floor',
-                 f"snapmix: spm_floor must be one of {SPM_FLOORS}, got {o['spm_floor']!r}")
+        require(is_finite_number(o['beta']) and o['beta'] > 0, 'beta', f"snapmix: beta must be > 0, got {o['beta']!r}")
+        require(o['boxes'] in ('batch', 'sample'), 'boxes',
+                f"snapmix: boxes must be 'batch' or 'sample', got {o['boxes']!r}")
+        require(o['spm_floor'] in SPM_FLOORS, 'spm_floor',
+                f"snapmix: spm_floor must be one of {SPM_FLOORS}, got {o['spm_floor']!r}")
+
+    @classmethod
+    def train_args_problems(cls, args, options) -> List[str]:
+        problems = super().train_args_problems(args, options)
+        if getattr(args, 'bce_loss', False) and getattr(args, 'bce_target_thresh', None) is None:
+            problems.append(
+                "--mix-mode snapmix with --bce-loss: SnapMix's soft targets can exceed 1 (when both images of a pair "
+                "have the same label, each weight becomes w_a + w_b, as the authors do, so one class can get up to "
+                "4), which is not a valid binary cross-entropy target; add --bce-target-thresh (e.g. 0.2) to "
+                "binarise the targets, or drop --bce-loss (SoftTargetCrossEntropy)")
+        return problems
 
     @classmethod
     def _cam_methods(cls) -> Tuple[str, ...]:
@@ -138,9 +169,9 @@ class SnapMix(CamGuidedMode):
     def guidance_maps(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(N, H, W) semantic percent maps of ``x`` for ``labels`` (each sums to 1)."""
         if self.cam_method == SPM and self._has_closed_form():
-            maps, _ = self._cam_layer_maps(x, labels, method='cam', feature_relu=True, class_bias=True)
+            maps = self._cam_maps(x, labels, method='cam', class_bias=True)
         else:
-            maps, _ = self._cam_layer_maps(x, labels, method='auto' if self.cam_method == SPM else self.cam_method)
+            maps = self._cam_maps(x, labels, method='auto' if self.cam_method == SPM else self.cam_method)
         return semantic_percent_map_normalise(maps, self.spm_floor)
 
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> SnapMixParams:
@@ -159,12 +190,34 @@ class SnapMix(CamGuidedMode):
         spm = self.guidance_maps(x, labels)
         return SnapMixParams(active, perm, lam_t.expand(n), lam_s.expand(n), box_t, box_s, spm)
 
+    @staticmethod
+    def _valid(params: SnapMixParams) -> torch.Tensor:
+        return params.active & (box_area(params.box_t) > 0) & (box_area(params.box_s) > 0)
+
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
                params: SnapMixParams) -> Tuple[torch.Tensor, torch.Tensor]:
-        valid = params.active & (box_area(params.box_t) > 0) & (box_area(params.box_s) > 0)
+        valid = self._valid(params)
         if not bool(valid.any()):
             return x, soft
         perm = to_device(params.perm, x.device)
         x_mixed = paste_resized(x, x[perm], params.box_s, params.box_t, valid)
-        w_a, w_b = snapmix_label_weights(params.spm, labels, perm, params.box_t, params.box_s, valid)
+        w_a, w_b = snapmix_label_weights(params.guidance, labels, perm, params.box_t, params.box_s, valid)
         return x_mixed, mix_soft_targets(soft, perm, w_a, w_b)
+
+    def regions(self, params: SnapMixParams, hw: Sequence[int]) -> MixRegions:
+        """The target box of ``x[i]`` and the source box of ``x[perm[i]]`` (resized into the target box)."""
+        valid = self._valid(params).cpu()
+        box_t, box_s = params.box_t.cpu(), params.box_s.cpu()
+        return MixRegions(valid, box_masks(box_t, hw) & valid[:, None, None], params.perm.cpu(),
+                          box_masks(box_s, hw) & valid[:, None, None], box_t[:, None], box_s[:, None])
+
+    def row_notes(self, params: SnapMixParams, labels: torch.Tensor) -> List[str]:
+        """Pairs of one label: both weights became w_a + w_b (the reference's rule), so the single label's
+        weight is their sum (up to 4). Pairs whose maps were empty (area weights, which add up to 1) are not."""
+        n = int(params.active.shape[0])
+        if params.guidance is None:
+            return [''] * n
+        valid, perm, labels = self._valid(params).cpu(), params.perm.cpu(), labels.cpu()
+        has_map = ~torch.isnan(params.guidance.detach().float().cpu()).flatten(1).any(1)
+        same = valid & has_map & has_map[perm] & (labels == labels[perm])
+        return ['(same label: weights summed,\nas the reference)' if s else '' for s in same.tolist()]
