@@ -53,6 +53,7 @@ class MixRegions:
     source: Optional[torch.Tensor] = None   # (N, H, W) bool: pixels of x[perm[i]] the mixed image shows
     target_boxes: Optional[torch.Tensor] = None   # (N, k, 4) [y0, y1, x0, x1] outlines of ``target`` (empty
     source_boxes: Optional[torch.Tensor] = None   # boxes pad); None: ``target`` is drawn as a mask
+    blend: Optional[torch.Tensor] = None    # (N,) share of x[perm[i]] blended into every pixel (Mixup), 0: none
 
 
 class MixMode:
