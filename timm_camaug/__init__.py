@@ -6,6 +6,9 @@
     x, soft_target = mix_fn(x, target)
     output = model(x)
     loss = loss_fn(output, mix_fn.finalize(soft_target))
+
+Importing the package registers its timm models (SnapMix's Baseline+, ``resnet50_baseline_plus`` ...) with
+timm, so ``timm.create_model`` and train.py's ``--model`` find them; this imports timm.
 """
 import importlib
 from typing import TYPE_CHECKING
@@ -27,6 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from .cam import CAM_METHODS, class_activation_maps
     from .factory import create_mix_fn
     from .modes import MIX_MODES, MixMode, get_mode_class, register_mode
+
+
+# timm's registry must know the models before anyone calls timm.create_model (a patched train.py imports
+# this package before it builds its model): imported here, not lazily
+from . import models as _models  # noqa: E402,F401
 
 
 def __getattr__(name: str):
