@@ -53,8 +53,11 @@ def test_train_synthetic_is_reproducible_and_learns():
 
 def test_demo_mode_list_and_errors(capsys):
     with pytest.raises(SystemExit):
-        main(['demo', '--mix-mode', 'mixup'] + TINY)
-    assert "unknown mix mode mixup" in capsys.readouterr().err
+        main(['demo', '--mix-mode', 'mixupp'] + TINY)
+    assert "unknown mix mode mixupp" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['demo', '--mix-mode', 'snapmix:0.5+cutmix'] + TINY)
+    assert "give every member a probability, or none of them" in capsys.readouterr().err
     with pytest.raises(SystemExit, match=r'--train-size 16 is smaller than --batch-size 32'):
         main(['demo', '--train-size', '16', '--batch-size', '32', '--no-progress'])
     with pytest.raises(SystemExit, match=r'--output applies to --train-py runs'):

@@ -120,7 +120,8 @@ def test_create_train_mix_fn_errors():
         create_train_mix_fn(args, small_model())
     args = train_args('snapmix', '')
     args.mixup = 0.2
-    with pytest.raises(ValueError, match=r"--mix-mode snapmix replaces timm's --mixup"):
+    with pytest.raises(ValueError, match=r"--mix-mode snapmix without --mix-mode-prob takes every batch, so "
+                                         r"--mixup/--cutmix would never run; give the modes' share"):
         create_train_mix_fn(args, small_model())
 
 

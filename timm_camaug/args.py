@@ -1,31 +1,61 @@
-""" train.py's command line: ``add_args`` (``--mix-mode`` and one flag per mode option) and its checks. """
+""" train.py's command line: ``add_args`` (``--mix-mode``, its schedule flags, one flag per mode option) and
+the start-up checks. """
 import argparse
-from typing import List
+import logging
+from typing import List, Optional, Tuple
 
-from .factory import mode_options_from_args
+from .factory import mode_names, mode_options_from_args, timm_mixup_from_args, train_schedule
 from .modes import get_mode_class, mix_modes
 from .modes.options import OptionError, option_dest
+from .modes.schedule import NO_MIX, ScheduleError, is_timm_member, parse_schedule
 
-__all__ = ['add_args', 'is_active', 'check_train_args', 'NO_MIX']
+__all__ = ['add_args', 'is_active', 'check_train_args', 'schedule_train_flags', 'NO_MIX']
 
-NO_MIX = 'none'
+_logger = logging.getLogger(__name__)
+
+
+def _mode_list(text) -> str:
+    """``--mix-mode``'s value: ``none`` or comma-separated registered modes (kept as text: YAML-safe)."""
+    modes = mode_names(text)
+    if modes == [NO_MIX]:
+        return NO_MIX
+    known = mix_modes()
+    bad = [m for m in modes if m not in known]
+    if not modes or bad:
+        hint = ''
+        if any(is_timm_member(m) for m in bad):
+            hint = ("; timm's own CutMix/Mixup come from train.py's --cutmix/--mixup flags, and --mix-mode-prob "
+                    "leaves them the rest of the probability")
+        raise argparse.ArgumentTypeError(
+            f"invalid choice {', '.join(bad) or repr(text)}: choose {NO_MIX} or one or more of {', '.join(known)}, "
+            f"comma-separated{hint}")
+    return ','.join(modes)
 
 
 def add_args(parser: argparse.ArgumentParser, validate: bool = True) -> argparse._ArgumentGroup:
     """Add the timm-camaug argument group to train.py's parser.
 
-    ``--mix-mode`` picks one of ``MIX_MODES`` or ``none`` (the default: train.py stays stock); each mode's
-    option ``o`` has its own flag ``--<mode>-<o>`` (dest ``<mode>_<o>``, e.g. ``snapmix_beta``), with the
-    mode's default, so YAML ``--config`` files can set any of them by dest name.
+    ``--mix-mode`` picks ``none`` (the default: train.py stays stock) or one or more of ``MIX_MODES``,
+    comma-separated, with ``--mix-mode-prob`` giving each one's probability per batch (the rest goes to timm's
+    Mixup when ``--mixup``/``--cutmix`` configure it, else no mixing) and ``--mix-cam-start-epoch`` holding back
+    the modes guided by the model under training. Each mode's option ``o`` has its own flag ``--<mode>-<o>``
+    (dest ``<mode>_<o>``, e.g. ``snapmix_beta``), with the mode's default, so YAML ``--config`` files can set any
+    of them by dest name (``mix_mode_prob`` as a string ``"0.4,0.4"`` or a list ``[0.4, 0.4]``).
 
     With ``validate`` (default), the parser's ``parse_args`` also rejects flag combinations that cannot
-    work with a mix mode (see :func:`check_train_args`) through ``parser.error``, before anything is built.
+    work (see :func:`check_train_args`) through ``parser.error``, before anything is built.
     """
     modes = mix_modes()
-    choices = modes + (NO_MIX,)
     group = parser.add_argument_group('CAM-guided mixing (timm-camaug)')
-    group.add_argument('--mix-mode', default=NO_MIX, choices=choices, metavar='MODE',
-                       help=f"CAM/saliency-guided mix mode: {', '.join(choices)} (default: {NO_MIX})")
+    group.add_argument('--mix-mode', default=NO_MIX, type=_mode_list, metavar='MODE[,MODE...]',
+                       help=f"mix mode(s): {', '.join(modes)}, comma-separated, or {NO_MIX} (default: {NO_MIX})")
+    group.add_argument('--mix-mode-prob', default=None, metavar='P[,P...]',
+                       help='probability per batch of each --mix-mode (one value for all, or one per mode; they sum to '
+                            'at most 1); the rest goes to timm\'s Mixup/CutMix (--mixup/--cutmix) or to no mixing '
+                            '(default: the modes share 1 equally)')
+    group.add_argument('--mix-cam-start-epoch', default=0, type=int, metavar='N',
+                       help='until epoch N, the modes guided by the model under training give way to the rest of '
+                            'the schedule (timm\'s Mixup/CutMix, or no mixing) (default: 0)')
     for mode in modes:
         cls = get_mode_class(mode)
         group.add_argument(f'--{mode}-prob', dest=option_dest(mode, 'prob'), type=float, default=cls.default_prob,
@@ -53,34 +83,102 @@ def add_args(parser: argparse.ArgumentParser, validate: bool = True) -> argparse
 
 def is_active(args: argparse.Namespace) -> bool:
     """True when ``args`` select a mix mode (``--mix-mode`` other than ``none``)."""
-    return getattr(args, 'mix_mode', None) not in (None, '', NO_MIX)
+    return mode_names(getattr(args, 'mix_mode', None)) not in ([], [NO_MIX])
+
+
+def _batch_sizes(args: argparse.Namespace) -> List[int]:
+    sizes = [getattr(args, 'batch_size', None)] + list(getattr(args, 'train_batch_sizes', None) or [])
+    return [int(b) for b in sizes if isinstance(b, int) and not isinstance(b, bool)]
+
+
+def _schedule_problems(args: argparse.Namespace, modes: List[str]) -> Tuple[List[str], Optional[List[float]]]:
+    problems: List[str] = []
+    twice = sorted({m for m in modes if modes.count(m) > 1})
+    if twice:
+        problems.append(f"--mix-mode lists {', '.join(twice)} twice; list each mode once")
+    try:
+        _, probs = train_schedule(args)
+    except ScheduleError as e:
+        return problems + [f"{e}; e.g. --mix-mode-prob 0.5 or --mix-mode-prob 0.3,0.3"], None
+    timm_rest = timm_mixup_from_args(args) is not None
+    if probs is not None and sum(probs) > 1 + 1e-9:
+        problems.append(f"--mix-mode-prob {','.join(f'{p:g}' for p in probs)} adds up to {sum(probs):g}, more than 1; "
+                        "lower them (the rest, 1 - their sum, goes to --mixup/--cutmix or to no mixing)")
+    if probs is None and timm_rest:
+        problems.append(f"--mix-mode {','.join(modes)} without --mix-mode-prob takes every batch, so --mixup/--cutmix "
+                        "would never run; give the modes' share, e.g. --mix-mode-prob 0.5 (the rest goes to "
+                        "--mixup/--cutmix)")
+    elif probs is not None and timm_rest and sum(probs) >= 1 - 1e-9:
+        _logger.warning("timm-camaug: --mix-mode-prob adds up to 1: --mixup/--cutmix will never run")
+    start, epochs = getattr(args, 'mix_cam_start_epoch', 0) or 0, getattr(args, 'epochs', None)
+    if not isinstance(start, int) or start < 0:
+        problems.append(f"--mix-cam-start-epoch must be an int >= 0, got {start!r}")
+    elif isinstance(epochs, int) and start > epochs:
+        problems.append(f"--mix-cam-start-epoch {start} is beyond --epochs {epochs}: the guided modes would never "
+                        f"run; lower it (e.g. {epochs // 4})")
+    if timm_rest and (probs is None or sum(probs) < 1 - 1e-9):
+        odd = [b for b in _batch_sizes(args) if b % 2]
+        if odd:
+            problems.append(f"timm's Mixup/CutMix (--mixup/--cutmix) needs an even batch (it pairs sample i with "
+                            f"N-1-i), got batch size {', '.join(map(str, odd))}; use an even --batch-size")
+    return problems, probs
 
 
 def check_train_args(args: argparse.Namespace) -> List[str]:
-    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode (empty: fine).
+    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode(s) (empty: fine).
 
-    Besides flag combinations, the selected mode's option values are checked here (as its constructor
+    Besides flag combinations, each selected mode's option values are checked here (as its constructor
     checks them), so a bad value stops train.py at start-up rather than after the model is built.
     """
     if not is_active(args):
         return []
-    mode = args.mix_mode
-    if mode not in mix_modes():
-        return [f"--mix-mode {mode!r} is not one of {', '.join(mix_modes() + (NO_MIX,))}"]
-    problems = []
-    if (getattr(args, 'mixup', 0) or 0) > 0 or (getattr(args, 'cutmix', 0) or 0) > 0 \
-            or getattr(args, 'cutmix_minmax', None) is not None:
-        problems.append(f"--mix-mode {mode} replaces timm's --mixup/--cutmix/--cutmix-minmax: use one or the other")
-    if getattr(args, 'naflex_loader', False):
-        problems.append(f"--mix-mode {mode} needs (N, C, H, W) image batches; the NaFlex loader yields patch sequences")
-    if (getattr(args, 'aug_splits', 0) or 0) > 0 or getattr(args, 'jsd_loss', False):
-        problems.append(f"--mix-mode {mode} cannot be combined with AugMix splits (--aug-splits/--jsd-loss): "
-                        "it would mix across the split copies of each image")
-    cls = get_mode_class(mode)
-    options = mode_options_from_args(args, mode)
-    problems += cls.train_args_problems(args, options)
     try:
-        cls.validate_options(**options)
-    except OptionError as e:
-        problems.append(f"--{mode}-{e.option.replace('_', '-')}: {e}")
+        modes = [m for m in (_mode_list(args.mix_mode) or '').split(',')]
+    except argparse.ArgumentTypeError as e:
+        return [f"--mix-mode: {e}"]
+    label = f"--mix-mode {','.join(modes)}"
+    problems, _ = _schedule_problems(args, modes)
+    if getattr(args, 'naflex_loader', False):
+        problems.append(f"{label} needs (N, C, H, W) image batches; the NaFlex loader yields patch sequences")
+    if (getattr(args, 'aug_splits', 0) or 0) > 0 or getattr(args, 'jsd_loss', False):
+        problems.append(f"{label} cannot be combined with AugMix splits (--aug-splits/--jsd-loss): "
+                        "it would mix across the split copies of each image")
+    for mode in dict.fromkeys(modes):
+        cls = get_mode_class(mode)
+        options = mode_options_from_args(args, mode)
+        problems += cls.train_args_problems(args, options)
+        try:
+            cls.validate_options(**options)
+        except OptionError as e:
+            problems.append(f"--{mode}-{e.option.replace('_', '-')}: {e}")
     return problems
+
+
+def schedule_train_flags(spec: str) -> List[str]:
+    """train.py flags for a schedule written as the commands write it (``'snapmix:0.5+cutmix:0.5'``, a single
+    mode, ``'cutmix'``): ``--mix-mode``/``--mix-mode-prob`` for the registered modes and timm's own
+    ``--mixup``/``--cutmix`` (with ``--mixup-prob``, ``--mixup-switch-prob``) for the rest."""
+    from .modes.timm_mixup import TIMM_PRESETS
+    if spec == NO_MIX:
+        return ['--mix-mode', NO_MIX]
+    members = parse_schedule(spec)
+    if all(p is None for _, p in members):
+        members = [(n, 1.0 / len(members)) for n, _ in members]
+    ours = [(n, p) for n, p in members if not is_timm_member(n)]
+    timm = [(n, p) for n, p in members if is_timm_member(n)]
+    flags = ['--mix-mode', ','.join(n for n, _ in ours) if ours else NO_MIX]
+    if ours and (timm or sum(p for _, p in ours) < 1 - 1e-9):
+        flags += ['--mix-mode-prob', ','.join(f'{p:g}' for _, p in ours)]
+    if timm:
+        rest = 1.0 - sum(p for _, p in ours)
+        share = sum(p for _, p in timm)
+        by_name = dict(timm)
+        for name, p in timm:
+            flag = '--cutmix' if TIMM_PRESETS[name]['cutmix_alpha'] > 0 else '--mixup'
+            alpha = TIMM_PRESETS[name]['cutmix_alpha'] or TIMM_PRESETS[name]['mixup_alpha']
+            flags += [flag, f'{alpha:g}']
+        if len(timm) == 2:
+            flags += ['--mixup-switch-prob', f"{by_name.get('cutmix', 0) / share:.10g}"]
+        if rest > 0 and abs(share - rest) > 1e-9:
+            flags += ['--mixup-prob', f'{share / rest:.10g}']
+    return flags

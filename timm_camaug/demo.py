@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional, Sequence
 
+from .args import schedule_train_flags
 from .console import CLASS_MAP_FILE, progress_bar
 from .train_loop import BASELINE, DEFAULT_MODEL, RunResult, train_synthetic
 from .train_py_runner import TrainPyError, check_patched_train_py, parse_train_py_result, run_train_py_process
@@ -29,17 +30,39 @@ def _fail(msg: str) -> SystemExit:
     return SystemExit(f"timm-camaug demo: {msg}")
 
 
+def _row_members(row: str) -> List[str]:
+    """The member names of one comparison row (a mode, 'cutmix'/'mixup', or a schedule 'a:0.5+b:0.5')."""
+    from .modes.schedule import ScheduleError, parse_schedule
+    try:
+        return [name for name, _ in parse_schedule(row)]
+    except ScheduleError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _mode_list(text: str) -> List[str]:
+    """Comparison rows: comma-separated modes, timm's 'cutmix'/'mixup', schedules written with '+'
+    ('snapmix:0.5+cutmix:0.5'), 'none', or 'all' (every registered mode)."""
     from .modes import MIX_MODES
-    if text == 'all':
-        return list(MIX_MODES)
-    modes = [m.strip() for m in text.split(',') if m.strip()]
-    bad = [m for m in modes if m not in MIX_MODES + (BASELINE,)]
-    if bad or not modes:
-        raise argparse.ArgumentTypeError(
-            f"unknown mix mode {', '.join(bad) or repr(text)}; choose one of {', '.join(MIX_MODES)}, 'none', "
-            "'all', or a comma-separated list")
-    return modes
+    from .modes.schedule import is_timm_member
+    rows: List[str] = []
+    for row in (r.strip() for r in text.split(',')):
+        if not row:
+            continue
+        if row == 'all':
+            rows += list(MIX_MODES)
+            continue
+        if row == BASELINE:
+            rows.append(row)
+            continue
+        bad = [m for m in _row_members(row) if m not in MIX_MODES and not is_timm_member(m)]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown mix mode {', '.join(bad)}; choose one of {', '.join(MIX_MODES)}, cutmix, mixup (timm's), "
+                "'none', 'all', a schedule such as a:0.5+b:0.5, or a comma-separated list of these")
+        rows.append(row)
+    if not rows:
+        raise argparse.ArgumentTypeError(f"no mix mode in {text!r}")
+    return rows
 
 
 def offline_network(cls):
@@ -54,8 +77,9 @@ def offline_network(cls):
 
 
 def demo_options(mode: str, epochs: int, network=None) -> Dict[str, Any]:
-    """The options a demo run gives ``mode``: its settings for small images on a CPU, what it derives from
-    the run's length as it would from train.py's arguments, and the offline pretrained network it needs."""
+    """The options a demo run gives the registered mode ``mode``: its settings for small images on a CPU, what
+    it derives from the run's length as it would from train.py's arguments, and the offline pretrained network
+    it needs."""
     from .modes import get_mode_class
     cls = get_mode_class(mode)
     options: Dict[str, Any] = dict(cls.small_input_options)
@@ -63,6 +87,23 @@ def demo_options(mode: str, epochs: int, network=None) -> Dict[str, Any]:
     if cls.auxiliary_network is not None:
         options[cls.auxiliary_network[0]] = network if network is not None else offline_network(cls)
     return options
+
+
+def row_options(row: str, epochs: int, network=None) -> Dict[str, Any]:
+    """``create_mix_fn`` keywords of one comparison row: a mode's demo options, or a schedule's per member."""
+    from .modes import MIX_MODES
+    members = [m for m in _row_members(row) if m in MIX_MODES]
+    per_member = {m: demo_options(m, epochs, network) for m in members}
+    if row in MIX_MODES:
+        return per_member[row]
+    return {'options': per_member} if per_member else {}
+
+
+def _takers(rows: Sequence[str]):
+    """The mode classes among ``rows`` that take a pretrained auxiliary network."""
+    from .modes import MIX_MODES, get_mode_class
+    names = {m for r in rows if r != BASELINE for m in _row_members(r) if m in MIX_MODES}
+    return [get_mode_class(m) for m in sorted(names) if get_mode_class(m).auxiliary_network]
 
 
 def format_table(results: Sequence[RunResult]) -> str:
@@ -81,11 +122,11 @@ def run_demo(modes: Sequence[str], args: argparse.Namespace) -> List[RunResult]:
     from .synthetic import make_split
     train = make_split('train', args.train_size, args.img_size, args.seed, args.num_classes)[:2]
     val = make_split('val', args.val_size, args.img_size, args.seed, args.num_classes)[:2]
-    takers = [get_mode_class(m) for m in modes if m != BASELINE and get_mode_class(m).auxiliary_network]
+    takers = _takers(modes)
     network = offline_network(takers[0]) if takers else None
     results = []
     for mode in modes:
-        options = {} if mode == BASELINE else demo_options(mode, args.epochs, network)
+        options = {} if mode == BASELINE else row_options(mode, args.epochs, network)
         results.append(train_synthetic(
             args.model, mode, train=train, val=val, num_classes=args.num_classes, epochs=args.epochs,
             batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
@@ -111,17 +152,25 @@ def train_py_command(train_py: str, mode: str, data_dir: str, out_dir: str, args
            '--epochs', str(args.epochs), '--batch-size', str(args.batch_size), '--opt', 'adamw',
            '--lr', str(args.lr), '--weight-decay', '0.05', '--sched', 'cosine', '--warmup-epochs', '1',
            '--device', args.device, '--workers', '0', '--seed', str(args.seed), '--log-interval', '1000000',
-           '--checkpoint-hist', '1', '--output', out_dir, '--experiment', mode, '--mix-mode', mode]
+           '--checkpoint-hist', '1', '--output', out_dir, '--experiment', _experiment(mode)]
+    cmd += schedule_train_flags(mode)
     if mode == BASELINE:
         return cmd
-    cls = get_mode_class(mode)
-    declared = {o.name: o for o in cls.options}
-    for name, value in cls.small_input_options.items():
-        cmd += [declared[name].flag(mode), str(value)]
-    if cls.auxiliary_network is not None and network_checkpoint:
-        option, checkpoint = (declared[n] for n in cls.auxiliary_network)
-        cmd += [option.flag(mode), OFFLINE_NETWORK, checkpoint.flag(mode), network_checkpoint]
+    from .modes import MIX_MODES
+    for name in (m for m in _row_members(mode) if m in MIX_MODES):
+        cls = get_mode_class(name)
+        declared = {o.name: o for o in cls.options}
+        for option, value in cls.small_input_options.items():
+            cmd += [declared[option].flag(name), str(value)]
+        if cls.auxiliary_network is not None and network_checkpoint:
+            option, checkpoint = (declared[n] for n in cls.auxiliary_network)
+            cmd += [option.flag(name), OFFLINE_NETWORK, checkpoint.flag(name), network_checkpoint]
     return cmd
+
+
+def _experiment(row: str) -> str:
+    """A folder name for a comparison row ('snapmix:0.5+cutmix:0.5' -> 'snapmix-0.5+cutmix-0.5')."""
+    return row.replace(':', '-')
 
 
 def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) -> List[RunResult]:
@@ -146,7 +195,7 @@ def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) 
         print(f"writing the synthetic set to {data_dir} ...", file=sys.stderr)
         write_image_folder(data_dir, args.train_size, args.val_size, args.img_size, args.seed, args.num_classes)
         ckpt = None
-        takers = [get_mode_class(m) for m in modes if m != BASELINE and get_mode_class(m).auxiliary_network]
+        takers = _takers(modes)
         if takers:
             from .pretrained import save_efficientnet_lite0_checkpoint
             try:
@@ -156,7 +205,7 @@ def run_train_py(train_py: str, modes: Sequence[str], args: argparse.Namespace) 
         results = []
         for mode in modes:
             cmd = train_py_command(str(p), mode, data_dir, os.path.join(work, 'runs'), args, ckpt)
-            results.append(_run_one(cmd, mode, os.path.join(work, 'runs', mode), work, args, str(p)))
+            results.append(_run_one(cmd, mode, os.path.join(work, 'runs', _experiment(mode)), work, args, str(p)))
         return results
     finally:
         if cleanup is not None:

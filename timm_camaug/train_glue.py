@@ -79,7 +79,7 @@ def create_train_mix_fn(
     if problems:   # normally caught at parse time by add_args; kept for train.py copies that parse differently
         raise ValueError('; '.join(problems))
     mix_fn = create_mix_fn(args, model=training_module(model), data_config=data_config,
-                           amp_autocast=amp_autocast, device=device)
+                           amp_autocast=amp_autocast, device=device, timm_mixup=timm_mixup)
     if isinstance(loss_fn, MixedTargetLoss):
         loss_fn.bind(mix_fn)
     elif mix_fn.reads_training_forward:

@@ -260,6 +260,11 @@ class MixMode:
 
     # --- what preview and the label-fidelity measure ask
 
+    def describing(self, params: MixParams) -> Optional['MixMode']:
+        """The mode whose maps and regions ``params`` hold: this one (a schedule: the member it drew; None:
+        no member, the batch was not mixed)."""
+        return self
+
     def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """(N, h, w) maps the mode follows for the batch ``x`` (CAM, saliency, extractor cells); None for
         modes that follow none."""
