@@ -26,6 +26,7 @@ _REGISTRY: Dict[str, Union[str, Type[MixMode]]] = {
     'attentive': 'timm_camaug.modes.attentive:AttentiveCutMix',
     'gutout': 'timm_camaug.modes.gutout:Gutout',
     'cam-erase': 'timm_camaug.modes.cam_erase:CamErase',
+    'transmix': 'timm_camaug.modes.transmix:TransMix',
 }
 _BUILT_IN = frozenset(_REGISTRY)
 _RESERVED = ('none', 'cutmix', 'mixup')   # no mixing, and timm's own Mixup in a schedule
