@@ -13,6 +13,7 @@ COMMANDS = {
     'preview': 'timm_camaug.preview',
     'demo': 'timm_camaug.demo',
     'bench': 'timm_camaug.bench',
+    'reproduce': 'timm_camaug.reproduce',
 }
 
 

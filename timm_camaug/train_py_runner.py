@@ -5,14 +5,15 @@ its ``--result`` JSON). Used by ``demo --train-py`` and ``reproduce``.
 import json
 import os
 import re
+import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ['TrainPyError', 'check_patched_train_py', 'ProcessResult', 'run_train_py_process',
-           'parse_train_py_result', 'final_summary_row', 'EpochProgress', 'RESULT_JSON_EPOCHS']
+           'parse_train_py_result', 'final_summary_row', 'summary_rows', 'EpochProgress', 'RESULT_JSON_EPOCHS']
 
 
 class TrainPyError(ValueError):
@@ -40,10 +41,14 @@ def check_patched_train_py(path: str) -> Path:
 
 @dataclass
 class ProcessResult:
-    """A finished train.py process: its exit code, its whole output, and its wall time."""
+    """A finished train.py process: its exit code, its whole output, and its wall time; the first epoch it
+    trained (a resumed run starts after its checkpoint's) and the wall seconds of each epoch it finished, from
+    its log (the first one from its first training log line, so without train.py's start-up)."""
     returncode: int
     output: str
     seconds: float
+    first_epoch: Optional[int] = None
+    epoch_seconds: List[float] = field(default_factory=list)
 
     def tail(self, lines: int = 25) -> str:
         return ''.join(self.output.splitlines(keepends=True)[-lines:])
@@ -57,10 +62,13 @@ def run_train_py_process(cmd: List[str], cwd: str, on_epoch: Optional[Callable[[
     t0 = time.perf_counter()
     lines: List[str] = []
     epochs, shown = EpochProgress(), 0
+    last_mark: Optional[float] = None       # when the previous epoch ended (or the first one started)
+    epoch_seconds: List[float] = []
     log = open(log_file, 'a', encoding='utf-8') if log_file else None
     try:
+        # its own session: stopping it stops what it started too (torchrun's workers, loader workers)
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                cwd=cwd)
+                                cwd=cwd, start_new_session=os.name == 'posix')
         try:
             for line in proc.stdout:
                 lines.append(line)
@@ -68,18 +76,35 @@ def run_train_py_process(cmd: List[str], cwd: str, on_epoch: Optional[Callable[[
                     log.write(line)
                     log.flush()
                 done = epochs.feed(line)
+                if epochs.first is not None:
+                    now = time.perf_counter()
+                    if last_mark is None:
+                        last_mark = now
+                    elif done > shown:
+                        epoch_seconds.extend([(now - last_mark) / (done - shown)] * (done - shown))
+                        last_mark = now
                 if on_epoch is not None and done > shown:
                     on_epoch(done)
                 shown = done
             rc = proc.wait()
-        except BaseException:       # interrupted: the child goes with us
-            proc.kill()
-            proc.wait()
+        except BaseException:       # interrupted: the child and its own children go with us
+            _kill(proc)
             raise
     finally:
         if log is not None:
             log.close()
-    return ProcessResult(rc, ''.join(lines), time.perf_counter() - t0)
+    return ProcessResult(rc, ''.join(lines), time.perf_counter() - t0, epochs.first, epoch_seconds)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if os.name == 'posix':
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            proc.kill()
+    else:
+        proc.kill()
+    proc.wait()
 
 
 # train.py's --result JSON lists the best epochs only (sorted by top-1, at most this many)
@@ -94,6 +119,25 @@ def final_summary_row(summary_csv: Optional[str]) -> Optional[Dict[str, str]]:
     with open(summary_csv, newline='') as f:
         rows = [r for r in csv.DictReader(f) if r.get('epoch') not in (None, '', 'epoch')]
     return rows[-1] if rows and rows[-1].get('eval_top1') not in (None, '') else None
+
+
+def summary_rows(summary_csv: Optional[str]) -> List[Dict[str, str]]:
+    """The rows of train.py's ``summary.csv`` that hold a validation top-1, one per epoch in epoch order (a
+    resumed run appends its rows, with a second header line, and may repeat the epoch it was interrupted in:
+    the last row of an epoch wins)."""
+    if not summary_csv or not os.path.isfile(summary_csv):
+        return []
+    import csv
+    by_epoch: Dict[int, Dict[str, str]] = {}
+    with open(summary_csv, newline='') as f:
+        for r in csv.DictReader(f):
+            try:
+                epoch = int(float(r.get('epoch') or ''))
+                float(r.get('eval_top1') or '')
+            except ValueError:      # a repeated header line, or an epoch without validation
+                continue
+            by_epoch[epoch] = r
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _result_json(stdout: str) -> Optional[List[Dict[str, Any]]]:
@@ -143,12 +187,15 @@ class EpochProgress:
     def __init__(self) -> None:
         self.done = 0
         self.training: Optional[int] = None     # the epoch whose Train lines came last
+        self.first: Optional[int] = None        # the first epoch with Train lines (after a resume: not 0)
 
     def feed(self, line: str) -> int:
         """Read one log line; returns the epochs finished so far."""
         m = self.TRAIN.search(line)
         if m:
             self.training = int(m.group(1))
+            if self.first is None:
+                self.first = self.training
             self.done = max(self.done, self.training)
         else:
             m = self.TEST_END.search(line)
