@@ -16,7 +16,9 @@ Probes (test instrumentation, not part of the plugin):
   mode's ``amp_autocast`` (train.py's ``functools.partial(torch.autocast, device_type=..., dtype=...)``:
   its keywords), whether the first conv weight is channels-last and whether a DropPath has drop_prob > 0;
 - each timm/torch loss class's ``forward`` records its class when called with gradients enabled (the
-  training loss; validation runs without).
+  training loss; validation runs without);
+- the wrapped train loss (``MixedTargetLoss``, patch part 6) records, at every call with gradients enabled, the
+  shapes of the auxiliary outputs it added (Baseline+'s branch logits).
 """
 import contextlib
 import functools
@@ -154,6 +156,25 @@ def install_probes():
         return ProbeMix(mix_fn, module)
 
     glue.create_train_mix_fn = probing_create
+
+    import timm_camaug.loss as loss_module
+    pop = loss_module.pop_auxiliary_outputs
+    forward = loss_module.MixedTargetLoss.forward
+    popped = []
+
+    def pop_probe(model):
+        out = pop(model)
+        popped.append([list(t.shape) for t in out])
+        return out
+
+    def wrapped_loss_probe(self, output, target):
+        popped.clear()
+        loss = forward(self, output, target)
+        if torch.is_grad_enabled() and CURRENT['run'] is not None:
+            _record('auxiliary_losses', [shape for shapes in popped for shape in shapes])
+        return loss
+    loss_module.pop_auxiliary_outputs = pop_probe
+    loss_module.MixedTargetLoss.forward = wrapped_loss_probe
 
     for cls in (timm.loss.SoftTargetCrossEntropy, timm.loss.BinaryCrossEntropy,
                 timm.loss.LabelSmoothingCrossEntropy, timm.loss.JsdCrossEntropy, nn.CrossEntropyLoss):

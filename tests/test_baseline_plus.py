@@ -5,6 +5,7 @@ max pool -> linear; test score = main + branch logits), a plain timm ResNet hold
 the main head), timm's own optimizer factory (learning-rate groups) and checkpoint loader.
 """
 import argparse
+import re
 import copy
 import doctest
 import os
@@ -316,3 +317,97 @@ def test_ddp_steps_with_the_wrapped_loss(tmp_path):
         result = torch.load(tmp_path / f'rank{rank}.pt')
         assert result[True].get('identical') and result[True].get('branch_trained'), result[True]
         assert 'finished reduction in the prior iteration' in result[False].get('error', ''), result[False]
+
+
+# --- through timm's real train.py, patched (TIMM_TRAIN_PY: a train.py file or the timm git directory)
+
+N_TRAIN, N_VAL, BATCH = 4, 2, 4              # per class; 3 classes: 12 train images = 3 steps of 4
+
+
+def _patched_train_py(dest):
+    import subprocess
+    from pathlib import Path
+    value = os.environ.get('TIMM_TRAIN_PY')
+    if not value:
+        pytest.skip('set TIMM_TRAIN_PY to a timm train.py or the timm git directory to run')
+    p = Path(value)
+    dest.mkdir(parents=True, exist_ok=True)
+    if p.is_file():
+        dest.joinpath('train.py').write_bytes(p.read_bytes())
+    else:
+        git_dir = p / '.git' if (p / '.git').exists() else p
+        dest.joinpath('train.py').write_bytes(subprocess.run(['git', f'--git-dir={git_dir}', 'show', 'HEAD:train.py'],
+                                                             capture_output=True, check=True).stdout)
+    from timm_camaug import cli
+    assert cli.main(['patch', str(dest / 'train.py')]) == 0
+    return dest / 'train.py'
+
+
+def _image_folder(root):
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    for split, n in (('train', N_TRAIN), ('val', N_VAL)):
+        for c in range(3):
+            d = root / split / f'class{c}'
+            d.mkdir(parents=True)
+            for i in range(n):
+                base = torch.tensor([60 * c + 40, 200 - 50 * c, 90], dtype=torch.float32).view(3, 1, 1)
+                img = (base + 60 * torch.rand(3, 64, 64, generator=g)).clamp(0, 255).to(torch.uint8)
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f'{i}.png')
+
+
+def test_train_py_trains_baseline_plus(tmp_path):
+    """``--model test_resnet_baseline_plus --pretrained`` in the patched train.py: the backbone's weights from a
+    local file, the branch's loss added once per step by the wrapped train loss (alone and with SnapMix), and the
+    Baseline+ configs as they are (their learning-rate split and SnapMix settings), model and weights swapped."""
+    import csv
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    train_py = _patched_train_py(tmp_path / 'timm')
+    data, out = tmp_path / 'data', tmp_path / 'out'
+    _image_folder(data)
+    weights = tmp_path / 'test_resnet.pth'
+    torch.manual_seed(0)
+    torch.save(timm.create_model('test_resnet').state_dict(), weights)
+    common = ['--data-dir', str(data), '--val-split', 'val', '--num-classes', '3', '--img-size', '64',
+              '--batch-size', str(BATCH), '--epochs', '1', '--workers', '0', '--device', 'cpu', '--seed', '1',
+              '--log-interval', '1', '--warmup-epochs', '0', '--checkpoint-hist', '1', '--output', str(out),
+              '--model', 'test_resnet_baseline_plus', '--pretrained', '--pretrained-path', str(weights)]
+    runs = {
+        'bplus': ['--lr', '0.01'],
+        'bplus-snapmix': ['--lr', '0.01', '--mix-mode', 'snapmix'],
+        'bplus-config': ['--config', str(repo / 'configs' / 'cub_baseline-plus-snapmix.yaml')],
+    }
+    plan = dict(result=str(tmp_path / 'results.json'),
+                runs=[dict(id=run_id, script=str(train_py), cwd=str(tmp_path), argv=common + ['--experiment', run_id]
+                           + extra) for run_id, extra in runs.items()])
+    (tmp_path / 'plan.json').write_text(json.dumps(plan))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(repo), os.environ.get('PYTHONPATH')])))
+    proc = subprocess.run([sys.executable, str(repo / 'tests' / '_train_py_runner.py'), str(tmp_path / 'plan.json')],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / 'results.json').read_text())
+    steps = N_TRAIN * 3 // BATCH
+    for run_id in runs:
+        r = results[run_id]
+        log = Path(r['log']).read_text()
+        assert r['ok'], f"{run_id}: {r.get('error', '')[-2000:]}\n{log[-3000:]}"
+        assert 'Loading pretrained weights from file' in log and str(weights) in log
+        assert 'auxiliary_outputs=True' in log                       # patch part 6 wrapped the loss
+        # exactly one auxiliary output, the branch's (N, K) logits, added at every training step
+        assert r['auxiliary_losses'] == [[[BATCH, 3]]] * steps, r['auxiliary_losses']
+        # the stock loss of each run, wrapped: smoothed cross-entropy without a mode, soft targets with one
+        assert r['train_losses'] == ['LabelSmoothingCrossEntropy' if run_id == 'bplus' else 'SoftTargetCrossEntropy']
+        with open(out / run_id / 'summary.csv') as f:
+            (row,) = list(csv.DictReader(f))
+        assert 0.0 <= float(row['eval_top1']) <= 100.0 and float(row['train_loss']) > 0
+    for run_id in ('bplus-snapmix', 'bplus-config'):
+        (created,) = results[run_id]['created']
+        assert created['mode'] == 'SnapMix' and created['module'] == 'ResNetBaselinePlus'
+        assert len(results[run_id]['calls']) == steps
+    assert 'created' not in results['bplus']
+    config_log = Path(results['bplus-config']['log']).read_text()
+    assert re.search(r'Created SGD \(sgd\) optimizer: lr: 0\.01, momentum: 0\.9.*nesterov: True', config_log)
