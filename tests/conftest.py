@@ -1,8 +1,20 @@
-""" Shared fixtures: small timm models, real photos that ship inside wheels, and state snapshots. """
-import os
+""" Shared fixtures: small timm models, real photos that ship inside wheels, and state snapshots.
 
-import pytest
-import torch
+``tests/plugin_package`` holds a sixth mode, Cutout, from one file plus its package metadata (an entry point in
+the group ``timm_camaug.modes``), as a third-party package would ship it. It is put on ``sys.path`` (and on
+``PYTHONPATH`` for the train.py subprocesses) before anything imports timm-camaug, so every test that runs
+over ``MIX_MODES`` runs over it too, through the same registration path a user's installed package takes.
+"""
+import os
+import sys
+from pathlib import Path
+
+PLUGIN_PACKAGE = str(Path(__file__).resolve().parent / 'plugin_package')
+sys.path.insert(0, PLUGIN_PACKAGE)
+os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [PLUGIN_PACKAGE, os.environ.get('PYTHONPATH')]))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

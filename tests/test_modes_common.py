@@ -9,12 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_same_state, fill_grads, state_snapshot
+from helpers import no_grad_mix_step
 from timm_camaug import MIX_MODES, add_args, create_mix_fn, get_mode_class
+from timm_camaug.modes.cam_guided import CamGuidedMode
 from timm_camaug.targets import smooth_one_hot
 
 K = 6
-LABEL_PRESERVING = ('gutout', 'cam-erase')    # erasing modes: targets stay the (smoothed) one-hot
-SUM_TO_ONE = ('saliencymix', 'attentive')     # mixing modes whose two weights sum to 1
+# options that make a mode draw something random (gutout's default fixed threshold draws nothing)
+RANDOM_DRAWS = {'gutout': {'t_draw': 'sample'}}
+CAM_MODES = tuple(m for m in MIX_MODES if issubclass(get_mode_class(m), CamGuidedMode))
 
 
 @pytest.fixture(scope='module')
@@ -30,12 +33,16 @@ def _model():
     return model
 
 
+def aux(mode, extractor):
+    """The options a mode that takes a pretrained network needs here: the network and its small-image settings."""
+    cls = get_mode_class(mode)
+    if cls.auxiliary_network is None:
+        return {}
+    return {cls.auxiliary_network[0]: extractor, **cls.small_input_options}
+
+
 def build(mode, model, extractor, seed=0, **kw):
-    opts = dict(kw)
-    if mode == 'attentive':
-        opts.setdefault('extractor', extractor)
-        opts.setdefault('extractor_size', 64)
-        opts.setdefault('top_n', 3)           # a 64 px resnet18 map is a 2 x 2 grid
+    opts = {**aux(mode, extractor), **kw}
     opts.setdefault('prob', 1.0)
     return create_mix_fn(mode, model=model, num_classes=K, generator=torch.Generator().manual_seed(seed),
                          data_config={'input_size': (3, 64, 64)}, **opts)
@@ -59,16 +66,17 @@ def test_shapes_and_targets(mode, smoothing, extractor):
     assert torch.isfinite(xm).all() and torch.isfinite(t).all()
     assert (t >= 0).all()
     one_hot = smooth_one_hot(y, K, smoothing)
-    if mode in LABEL_PRESERVING:
+    cls = get_mode_class(mode)
+    if not cls.mixes_pairs:
         assert torch.equal(t, one_hot)
         assert not torch.equal(xm, x), 'prob=1 must erase something'
     else:
         assert not torch.equal(xm, x), 'prob=1 must mix something'
-        if mode in SUM_TO_ONE:
+        if cls.weights_sum_to_one:
             torch.testing.assert_close(t.sum(1), torch.ones(6))
         # the targets are a combination of the smoothed one-hots of y and y[perm]
         params = mix.make_params(x, y)
-        perm = params.perm
+        perm = mix.regions(params, x.shape[-2:]).perm
         w = torch.linalg.lstsq(torch.stack([one_hot, one_hot[perm]], 2), mix.apply(x, y, params)[1][:, :, None]).solution
         torch.testing.assert_close(torch.bmm(torch.stack([one_hot, one_hot[perm]], 2), w)[:, :, 0],
                                    mix.apply(x, y, params)[1], rtol=1e-5, atol=1e-6)
@@ -78,7 +86,7 @@ def test_shapes_and_targets(mode, smoothing, extractor):
 def test_replay_and_seeded_reproducibility(mode, extractor):
     model = _model()
     x, y = batch()
-    kw = {'t_draw': 'sample'} if mode == 'gutout' else {}   # gutout's default fixed threshold draws nothing
+    kw = RANDOM_DRAWS.get(mode, {})
     mix = build(mode, model, extractor, seed=3, **kw)
     params = mix.make_params(x, y)
     a = mix.apply(x, y, params)
@@ -110,12 +118,6 @@ def test_default_prob_and_epoch_hooks(mode, extractor):
     assert mix.epoch == 0
     mix.set_epoch(3)
     assert mix.epoch == 3
-    if mode == 'cam-erase':    # the epoch is what ends the warm-up
-        warm = build(mode, _model(), extractor, warmup_epochs=2)
-        warm.set_epoch(1)
-        assert not warm.cam_guided
-        warm.set_epoch(2)
-        assert warm.cam_guided
 
 
 @pytest.mark.parametrize('mode', MIX_MODES)
@@ -147,7 +149,15 @@ def test_model_state_untouched(mode, extractor):
     before = state_snapshot(model)
     mix = build(mode, model, extractor)
     for seed in range(3):
-        mix(*batch(seed=seed))
+        xm, t = mix(*batch(seed=seed))
+        if mix.reads_training_forward:      # its hook reads the forward: one that leaves no trace, then finalize
+            flags = [(m, m.training) for m in model.modules()]
+            model.eval()
+            with torch.no_grad():
+                model(xm)
+            for m, flag in flags:
+                m.training = flag
+        mix.finalize(t)
     assert_same_state(before, state_snapshot(model))
     assert torch.is_grad_enabled()
 
@@ -181,9 +191,6 @@ def test_input_size_changes_between_calls(mode, extractor):
         assert torch.isfinite(xm).all() and torch.isfinite(t).all() and (t >= 0).all()
         xr, tr = mix.apply(x, y, params)
         assert torch.equal(xm, xr) and torch.equal(t, tr)
-
-
-CAM_MODES = ('snapmix', 'gutout', 'cam-erase')
 
 
 @pytest.mark.parametrize('mode', CAM_MODES)
@@ -242,7 +249,7 @@ def test_generator_must_be_a_cpu_generator(mode, extractor):
         @property
         def device(self):
             return torch.device('cuda', 0)
-    kw = {'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}
+    kw = aux(mode, extractor)
     with pytest.raises(ValueError, match=rf"{mode}: generator must be a CPU torch.Generator \(random draws are made "
                                          r"on the CPU and moved to the input's device\), got one on cuda:0"):
         create_mix_fn(mode, model=_model(), num_classes=K, generator=CudaGenerator(), **kw)
@@ -283,7 +290,7 @@ def test_no_host_device_synchronisation_on_cuda(mode, extractor):
     model = _model().to(dev)
     mix = create_mix_fn(mode, model=model, num_classes=K, generator=torch.Generator().manual_seed(0), device=dev,
                         data_config={'input_size': (3, 64, 64)}, prob=1.0,
-                        **({'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}))
+                        **aux(mode, extractor))
     x, y = (t.to(dev) for t in batch())
     mix(x, y)                                   # first call: lazy set-up may synchronise
     torch.cuda.synchronize()
@@ -298,9 +305,10 @@ def test_no_host_device_synchronisation_on_cuda(mode, extractor):
 
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_no_memory_growth(mode, extractor):
-    mix = build(mode, _model(), extractor)
+    model = _model()
+    mix = build(mode, model, extractor)
     for seed in range(2):
-        mix(*batch(seed=seed))
+        no_grad_mix_step(mix, model, *batch(seed=seed))
 
     def live():
         gc.collect()
@@ -309,7 +317,7 @@ def test_no_memory_growth(mode, extractor):
             return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
     start = live()
     for seed in range(10):
-        mix(*batch(seed=seed))
+        no_grad_mix_step(mix, model, *batch(seed=seed))
     assert live() <= start
 
 
@@ -326,13 +334,11 @@ def _parser():
 def test_create_from_train_args(mode, extractor):
     args = _parser().parse_args(['--mix-mode', mode, '--smoothing', '0.1'])
     assert args.mix_mode == mode
-    kw = {'extractor': extractor, 'extractor_size': 64, 'top_n': 3} if mode == 'attentive' else {}
-    mix = create_mix_fn(args, model=_model(), data_config={'input_size': (3, 64, 64)}, **kw)
+    mix = create_mix_fn(args, model=_model(), data_config={'input_size': (3, 64, 64)}, **aux(mode, extractor))
     assert mix.name == mode and mix.num_classes == K and mix.label_smoothing == 0.1
     assert mix.prob == get_mode_class(mode).default_prob
-    if mode == 'cam-erase':
-        assert mix.warmup_epochs == 5, 'built from args, the warm-up is half of --epochs'
-        assert build(mode, _model(), extractor).warmup_epochs == 0, 'built by name, there is no warm-up'
+    derived = get_mode_class(mode).train_defaults(args, {})     # defaults a mode derives from train.py's args
+    assert all(getattr(mix, k) == v for k, v in derived.items())
     x, y = batch()
     xm, t = mix(x, y)
     assert t.shape == (6, K)

