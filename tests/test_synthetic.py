@@ -143,3 +143,122 @@ def test_write_image_folder_refuses_non_empty(tmp_path):
 def test_load_part_masks_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match=r'no part masks at .*part_masks_val\.pt'):
         load_part_masks(str(tmp_path), 'val')
+
+
+# ---------------------------------------------------------------- the head set stays as it was (VERSION 2)
+
+def test_head_set_is_unchanged():
+    """Fingerprints of the head set as VERSION 2 made it (caches of trained models key on VERSION): labels and
+    part-mask areas exactly, each image's pixel sum up to a few rounding flips."""
+    from timm_camaug.synthetic import VERSION
+    assert VERSION == 2
+    x, y, m = make_split('train', 300, size=64, seed=0)
+    assert y[:16].tolist() == [4, 7, 5, 0, 3, 3, 3, 7, 1, 3, 5, 2, 4, 7, 6, 0]
+    assert m[:8].flatten(1).sum(1).tolist() == [211, 199, 160, 152, 218, 131, 162, 166]
+    sums = [1603066, 1621263, 1380091, 1489831, 1624171, 1461832, 1275211, 1572709]
+    assert all(abs(a - b) <= 16 for a, b in zip(x[:8].flatten(1).sum(1).tolist(), sums))
+    x, y, m = make_split('val', 16, size=96, seed=3, num_classes=12)
+    assert y[:8].tolist() == [2, 8, 7, 7, 4, 1, 2, 4]
+    assert m[:4].flatten(1).sum(1).tolist() == [401, 379, 309, 344]
+    assert all(abs(a - b) <= 16 for a, b in zip(x[:4].flatten(1).sum(1).tolist(), [3534297, 3704047, 3388290, 3628961]))
+
+
+# ---------------------------------------------------------------- the parts variant
+
+from timm_camaug.synthetic import PARTS, PARTS_MAX_CLASSES, make_parts_split, parts_codes  # noqa: E402
+
+
+def test_parts_shapes_and_determinism():
+    x, y, m = make_parts_split('train', 20, size=48, seed=3)
+    assert x.shape == (20, 3, 48, 48) and x.dtype == torch.uint8
+    assert y.shape == (20,) and int(y.max()) < 8
+    assert m.shape == (20, len(PARTS), 48, 48) and m.dtype == torch.bool
+    b = make_parts_split('train', CHUNK + 3, size=48, seed=3)
+    for u, v in zip((x, y, m), b):
+        assert torch.equal(u, v[:20])
+    # not the head set's images
+    assert not torch.equal(x, make_split('train', 20, size=48, seed=3)[0])
+
+
+def test_parts_are_small_and_on_the_bird():
+    _, _, m = make_parts_split('val', 256, size=96, seed=0)
+    area = m.flatten(2).float().mean(2)          # (n, 3)
+    assert float(area.min()) > 0.005 and float(area.max()) < 0.06
+    # every part visible on every bird, the three disjoint
+    assert bool((area > 0).all()) and int(m.sum(1).max()) == 1
+
+
+def test_parts_codes_name_the_class_from_any_one_part():
+    codes = parts_codes(PARTS_MAX_CLASSES)
+    for part in PARTS:
+        assert len(set(codes[part])) == PARTS_MAX_CLASSES, part
+    assert codes['head'][:2] == ['red solid', 'red capped']
+
+
+def _mean_colour(x, mask):
+    return (x.float() / 255.0)[:, mask].mean(1)
+
+
+def test_parts_colours_follow_the_codes():
+    """The wing's and the tail's colour (outside bar and tip) is their code's palette colour; the head's is the
+    head set's rule."""
+    from timm_camaug.synthetic import _TAIL_COLOURS, _WING_COLOURS
+    x, y, m = make_parts_split('val', 48, size=96, seed=0)
+    wing_pal, tail_pal = torch.tensor(_WING_COLOURS), torch.tensor(_TAIL_COLOURS)
+    head_pal = torch.tensor(list(COLOURS.values()))[:4]
+    for i in range(48):
+        k = int(y[i])
+        for part, pal, code in ((1, wing_pal, (3 * k + 1) % 8), (2, tail_pal, (5 * k + 2) % 8), (0, head_pal, k)):
+            colours = (x[i].float() / 255.0)[:, m[i, part]]                 # (3, pixels)
+            # the most common colour of the part: its body colour (bars, tips and caps are the minority)
+            d = (colours[:, :, None] - pal.t()[:, None, :]).abs().sum(0)     # (pixels, 4)
+            votes = torch.bincount(d.argmin(1), minlength=4)
+            assert int(votes.argmax()) == code // 2, (i, part, votes)
+
+
+@pytest.mark.parametrize('part', PARTS)
+def test_parts_occluder_covers_exactly_that_part(part):
+    clean, y, m = make_parts_split('test', 32, size=64, seed=1)
+    occ, y2, m2 = make_parts_split('test', 32, size=64, seed=1, occlude=part)
+    assert torch.equal(y, y2) and torch.equal(m, m2)
+    p = PARTS.index(part)
+    changed = (occ != clean).any(1)
+    for i in range(32):
+        inside = occ[i][:, m[i, p]]
+        assert bool((inside == inside[:, :1]).all()), 'the part is under one flat grey'
+        assert float(inside[:, 0].float().std()) < 1.0
+        # the other parts are untouched where the occluder does not reach
+        for q in range(len(PARTS)):
+            if q != p:
+                assert not bool((changed[i] & m[i, q]).all())
+        # nothing changes far from the part (whose hidden rest, e.g. a tail's under the body, is covered too): the
+        # changed pixels lie within the visible part's bounding box grown by its own size on every side
+        rows, cols = m[i, p].any(1).nonzero()[:, 0], m[i, p].any(0).nonzero()[:, 0]
+        dy, dx = int(rows[-1] - rows[0]) + 1, int(cols[-1] - cols[0]) + 1
+        near = torch.zeros_like(changed[i])
+        near[max(0, int(rows[0]) - dy):int(rows[-1]) + dy + 1, max(0, int(cols[0]) - dx):int(cols[-1]) + dx + 1] = True
+        assert bool(changed[i].any()) and not bool((changed[i] & ~near).any())
+
+
+def test_parts_random_occlusion_hides_one_part_per_image():
+    clean, _, m = make_parts_split('val', 64, size=64, seed=2)
+    occ, _, _ = make_parts_split('val', 64, size=64, seed=2, occlude='random')
+    flat = (occ != clean).any(1)                                      # (n, H, W)
+    hidden = (flat[:, None] & m).flatten(2).sum(2) > m.flatten(2).sum(2) // 2     # (n, 3) part mostly covered
+    assert torch.equal(hidden.sum(1), torch.ones(64, dtype=torch.long))
+    assert set(hidden.int().argmax(1).tolist()) == {0, 1, 2}
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    ({'num_classes': 9}, r'num_classes must be an int in 2\.\.8 for the parts variant'),
+    ({'num_classes': 1}, r'num_classes must be an int in 2\.\.8 for the parts variant'),
+    ({'occlude': 'beak'}, r'occlude must be one of None, head, wing, tail, random'),
+    ({'size': 8}, r'size must be an int >= 16'),
+    ({'split': 'dev'}, r"unknown split 'dev'"),
+    ({'n': -1}, r'n must be an int >= 0'),
+])
+def test_parts_bad_arguments(kwargs, match):
+    args = dict(split='train', n=4, size=32, seed=0, num_classes=8)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        make_parts_split(**args)

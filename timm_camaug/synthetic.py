@@ -23,6 +23,7 @@ from .console import CLASS_MAP_FILE
 __all__ = [
     'CHUNK', 'SPLITS', 'COLOURS', 'PATTERNS', 'MAX_CLASSES', 'class_names', 'make_split',
     'SyntheticFineGrained', 'write_image_folder', 'load_part_masks', 'CLASS_MAP_FILE', 'VERSION',
+    'PARTS', 'PARTS_VERSION', 'PARTS_MAX_CLASSES', 'OCCLUSIONS', 'make_parts_split', 'parts_codes',
 ]
 
 CHUNK = 256
@@ -220,3 +221,170 @@ def load_part_masks(root: str, split: str = 'val') -> Dict[str, object]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no part masks at {path}: write the dataset with write_image_folder()")
     return torch.load(path, map_location='cpu', weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The "parts" variant: classes that differ in several small parts at once
+
+PARTS = ('head', 'wing', 'tail')
+PARTS_VERSION = 1   # bumped whenever the parts variant's images change (the head set above keeps VERSION)
+PARTS_MAX_CLASSES = 8
+OCCLUSIONS = (None,) + PARTS + ('random',)
+# each part has 8 codes, a colour (4) x a pattern (2); class k shows head code k, wing code (3k + 1) % 8 and
+# tail code (5k + 2) % 8, so any one part names the class and no two parts share an index
+_WING_COLOURS = ((0.20, 0.27, 0.50), (0.38, 0.44, 0.12), (0.46, 0.18, 0.42), (0.08, 0.42, 0.38))
+_TAIL_COLOURS = ((0.93, 0.92, 0.86), (0.10, 0.10, 0.10), (0.72, 0.30, 0.08), (0.45, 0.52, 0.62))
+_WING_PATTERNS = ('plain', 'barred')         # barred: a pale band across the wing
+_TAIL_PATTERNS = ('plain', 'dark tip')       # dark tip: the tail's end darkened (a black tail: paled)
+_PARTS_SALT = 0x5A17
+
+
+def parts_codes(num_classes: int = 8) -> Dict[str, List[str]]:
+    """What each class shows on each part of the parts variant, e.g. ``{'head': ['red solid', ...], ...}``."""
+    _check_parts_classes(num_classes)
+    heads = list(COLOURS)[:4]
+    wings = ['slate', 'olive', 'plum', 'teal']
+    tails = ['white', 'black', 'rust', 'grey']
+    out: Dict[str, List[str]] = {p: [] for p in PARTS}
+    for k in range(num_classes):
+        h, w, t = k, (3 * k + 1) % 8, (5 * k + 2) % 8
+        out['head'].append(f'{heads[h // 2]} {PATTERNS[h % 2]}')
+        out['wing'].append(f'{wings[w // 2]} {_WING_PATTERNS[w % 2]}')
+        out['tail'].append(f'{tails[t // 2]} {_TAIL_PATTERNS[t % 2]}')
+    return out
+
+
+def _check_parts_classes(num_classes: int) -> None:
+    if not isinstance(num_classes, int) or not 2 <= num_classes <= PARTS_MAX_CLASSES:
+        raise ValueError(f"num_classes must be an int in 2..{PARTS_MAX_CLASSES} for the parts variant, "
+                         f"got {num_classes!r}")
+
+
+def _parts_chunk(seed: int, split: str, chunk: int, size: int, num_classes: int,
+                 occlude: Optional[str]) -> Tuple[torch.Tensor, ...]:
+    """One chunk of the parts variant: (uint8 (C,3,H,W), labels (C,), part masks (C,3,H,W) bool, occluded
+    part index (C,) int64, -1 where nothing is occluded)."""
+    g = torch.Generator().manual_seed(_split_seed(seed, split, chunk) ^ _PARTS_SALT)
+    n, h, w = CHUNK, size, size
+
+    def u(*shape, lo=0.0, hi=1.0):
+        return lo + (hi - lo) * torch.rand(*shape, generator=g)
+
+    # every draw has a fixed shape and comes in a fixed order (the occluder's too, whether it is used or not),
+    # so a chunk is the same for any n, and an occluded image is the clean one with an occluder on top
+    labels = torch.randint(0, num_classes, (n,), generator=g)
+    bg_lo = u(n, 3, 6, 6, lo=0.2, hi=0.8)
+    fine = torch.randn(n, 3, h, w, generator=g) * 0.03
+    nd = _N_DISTRACTORS
+    d_cy, d_cx = u(n, nd, lo=0.05, hi=0.95), u(n, nd, lo=0.05, hi=0.95)
+    d_kind = torch.randint(0, len(PARTS), (n, nd), generator=g)
+    d_code = torch.randint(0, num_classes, (n, nd), generator=g)
+    d_scale = u(n, nd, lo=0.7, hi=1.1)
+    d_on = u(n, nd) < 0.8
+    cx, cy = u(n, lo=0.40, hi=0.60), u(n, lo=0.46, hi=0.62)
+    s = u(n, lo=0.85, hi=1.15)
+    facing = torch.where(u(n) < 0.5, -1.0, 1.0)
+    body_rgb = torch.tensor(_BODY_RGB)[None] + u(n, 3, lo=-0.12, hi=0.12)
+    jit = u(n, 3, 3, lo=-0.05, hi=0.05)          # per part colour jitter
+    bright = u(n, lo=0.85, hi=1.15)
+    occ_grey = u(n, lo=0.30, hi=0.70)
+    occ_part = torch.randint(0, len(PARTS), (n,), generator=g)
+
+    yy = ((torch.arange(h, dtype=torch.float32) + 0.5) / h)[None, :, None]
+    xx = ((torch.arange(w, dtype=torch.float32) + 0.5) / w)[None, None, :]
+    head_pal = torch.tensor(list(COLOURS.values()))[:4]
+    wing_pal, tail_pal = torch.tensor(_WING_COLOURS), torch.tensor(_TAIL_COLOURS)
+    k = torch.arange(num_classes)
+    code = torch.stack([k, (3 * k + 1) % 8, (5 * k + 2) % 8], 1)     # (K, 3): part codes of each class
+    pale, dark = torch.full((n, 3), 0.90), torch.full((n, 3), 0.06)
+
+    def head_part(img, hcy, hcx, hr, c, jitter):
+        m = _ellipse(yy, xx, hcy, hcx, hr, hr)
+        img = _paint(img, m, (head_pal[c // 2] + jitter).clamp(0, 1))
+        cap = m & (yy < (hcy - 0.25 * hr)[:, None, None]) & (c % 2 == 1)[:, None, None]
+        return _paint(img, cap, dark), m
+
+    def wing_part(img, wcy, wcx, ry, rx, c, jitter):
+        m = _ellipse(yy, xx, wcy, wcx, ry, rx)
+        img = _paint(img, m, (wing_pal[c // 2] + jitter).clamp(0, 1))
+        bar = m & ((yy - wcy[:, None, None]).abs() < 0.28 * ry[:, None, None]) & (c % 2 == 1)[:, None, None]
+        return _paint(img, bar, pale), m
+
+    def tail_part(img, tcy, tcx, ry, rx, c, jitter, out_dir):
+        m = _ellipse(yy, xx, tcy, tcx, ry, rx)
+        img = _paint(img, m, (tail_pal[c // 2] + jitter).clamp(0, 1))
+        tip = m & ((xx - tcx[:, None, None]) * out_dir[:, None, None] > 0.55 * rx[:, None, None]) \
+            & (c % 2 == 1)[:, None, None]
+        tip_rgb = torch.where(tail_pal[c // 2].mean(1, keepdim=True) < 0.3, pale * 0.8, dark)   # a black tail: pale tip
+        return _paint(img, tip, tip_rgb), m
+
+    img = F.interpolate(bg_lo, size=(h, w), mode='bilinear', align_corners=False) + fine
+    for j in range(nd):
+        c = code[d_code[:, j], d_kind[:, j]]
+        r = d_scale[:, j]
+        on = d_on[:, j]
+        none_jit = torch.zeros(n, 3)
+        painted = [head_part(img, d_cy[:, j], d_cx[:, j], 0.10 * r, c, none_jit)[0],
+                   wing_part(img, d_cy[:, j], d_cx[:, j], 0.065 * r, 0.13 * r, c, none_jit)[0],
+                   tail_part(img, d_cy[:, j], d_cx[:, j], 0.045 * r, 0.09 * r, c, none_jit, facing)[0]]
+        pick = torch.stack(painted, 1).gather(1, d_kind[:, j].view(n, 1, 1, 1, 1).expand(n, 1, 3, h, w))[:, 0]
+        img = torch.where(on[:, None, None, None], pick, img)
+    # the bird: tail, body, wing, head (later shapes on top)
+    hc, wc, tc = code[labels, 0], code[labels, 1], code[labels, 2]
+    t_cy, t_cx, t_ry, t_rx = cy - 0.03 * s, cx - facing * 0.27 * s, 0.05 * s, 0.10 * s
+    img, tail = tail_part(img, t_cy, t_cx, t_ry, t_rx, tc, jit[:, 2], -facing)
+    body = _ellipse(yy, xx, cy, cx, 0.15 * s, 0.25 * s)
+    img = _paint(img, body, body_rgb)
+    w_cy, w_cx, w_ry, w_rx = cy - 0.01 * s, cx - facing * 0.05 * s, 0.065 * s, 0.13 * s
+    img, wing = wing_part(img, w_cy, w_cx, w_ry, w_rx, wc, jit[:, 1])
+    h_cy, h_cx, h_r = cy - 0.11 * s, cx + facing * 0.22 * s, 0.10 * s
+    img, head = head_part(img, h_cy, h_cx, h_r, hc, jit[:, 0])
+    masks = torch.stack([head, wing & ~head, tail & ~body & ~head], 1)
+    # the occluder: a flat grey ellipse over the whole part (its outline padded by 30 %)
+    if occlude is None:
+        which = torch.full((n,), -1, dtype=torch.long)
+    else:
+        which = occ_part if occlude == 'random' else torch.full((n,), PARTS.index(occlude), dtype=torch.long)
+        geo = torch.stack([torch.stack([h_cy, h_cx, h_r, h_r], 1), torch.stack([w_cy, w_cx, w_ry, w_rx], 1),
+                           torch.stack([t_cy, t_cx, t_ry, t_rx], 1)], 1)       # (n, 3 parts, 4)
+        ocy, ocx, ory, orx = geo[torch.arange(n), which].unbind(1)
+        cover = _ellipse(yy, xx, ocy, ocx, ory * 1.3 + 1.0 / h, orx * 1.3 + 1.0 / w)
+        img = _paint(img, cover, occ_grey[:, None].expand(n, 3))
+    img = (img * bright[:, None, None, None]).clamp(0, 1)
+    return (img * 255).round().to(torch.uint8), labels, masks, which
+
+
+def make_parts_split(split: str = 'train', n: int = 1024, size: int = 96, seed: int = 0, num_classes: int = 8,
+                     occlude: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, labels and part masks of the *parts* variant: classes differ in several small parts at once.
+
+    The same bird over the same clutter as :func:`make_split`, but every class shows its own code on three
+    parts (:data:`PARTS`): the head (colour x black cap, as in the head set), the wing (colour x a pale bar)
+    and the tail (colour x a dark tip); :func:`parts_codes` lists them. Any one part names the class, so a
+    classifier that learned all three still knows the class when one is hidden. Distractors over the
+    clutter are loose heads, wings and tails in the classes' codes, so a part counts only on the bird.
+
+    Args:
+        split, n, size, seed: as :func:`make_split` (the images differ from the head set's).
+        num_classes: 2 .. :data:`PARTS_MAX_CLASSES`.
+        occlude: ``None`` (clean), a part name (``'head'``, ``'wing'``, ``'tail'``: that part of every bird is
+            covered by a flat grey ellipse 30 % larger than the part), or ``'random'`` (one part per image,
+            drawn with the image). An occluded image is its clean image with the occluder painted on top.
+
+    Returns:
+        images (n, 3, size, size) uint8, labels (n,) int64, part masks (n, 3, size, size) bool (the visible
+        pixels of head, wing and tail in the clean image).
+    """
+    _check_parts_classes(num_classes)
+    if occlude not in OCCLUSIONS:
+        raise ValueError(f"occlude must be one of {', '.join(map(str, OCCLUSIONS))}, got {occlude!r}")
+    if not isinstance(size, int) or size < 16:
+        raise ValueError(f"size must be an int >= 16, got {size!r}")
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    chunks = [_parts_chunk(seed, split, c, size, num_classes, occlude)[:3] for c in range((n + CHUNK - 1) // CHUNK)]
+    if not chunks:
+        return (torch.zeros(0, 3, size, size, dtype=torch.uint8), torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, len(PARTS), size, size, dtype=torch.bool))
+    images, labels, masks = (torch.cat(parts)[:n] for parts in zip(*chunks))
+    return images, labels, masks
