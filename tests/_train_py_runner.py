@@ -18,7 +18,9 @@ Probes (test instrumentation, not part of the plugin):
 - each timm/torch loss class's ``forward`` records its class when called with gradients enabled (the
   training loss; validation runs without);
 - the wrapped train loss (``MixedTargetLoss``, patch part 6) records, at every call with gradients enabled, the
-  shapes of the auxiliary outputs it added (Baseline+'s branch logits).
+  shapes of the auxiliary outputs it added (Baseline+'s branch logits), and it is bound to the wrapped mix
+  function, so each ``finalize`` records whether the targets were completed from the forward (TransMix), that
+  they are detached and finite, the hooks left on the model after it and the dynamo graph count.
 """
 import contextlib
 import functools
@@ -107,6 +109,29 @@ class ProbeMix:
         })
         return out, soft
 
+    def finalize(self, target):
+        """What a mode that reads the training forward made of it (the patched loss calls this before the loss)."""
+        pending = getattr(self.inner, '_pending', None)
+        reads = getattr(getattr(pending, 'capture', None), 'records', None)
+        out = self.inner.finalize(target)
+        _record('finalized', {
+            'read_forward': reads is not None,      # a CutMix batch whose labels come from the forward
+            'changed': not torch.equal(out, target),
+            'requires_grad': bool(out.requires_grad),
+            'sums_to_one': bool(torch.allclose(out.float().sum(1), torch.ones(out.shape[0]), atol=1e-5)),
+            'finite': bool(torch.isfinite(out).all()),
+            'hooks_after': _hooks(self.module),
+            'training': bool(self.module.training),
+            'grad_enabled': torch.is_grad_enabled(),
+            'autocast': torch.is_autocast_enabled('cpu'),
+            'dynamo_graphs': _dynamo_graphs(),
+        })
+        return out
+
+
+def _hooks(module):
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in module.modules())
+
 
 def _autocast_info(amp_autocast):
     """train.py's amp_autocast: ``contextlib.suppress`` (no --amp) or partial(torch.autocast, **keywords)."""
@@ -133,11 +158,16 @@ def _drop_path_active(module):
 def install_probes():
     import timm.loss
     import timm_camaug.train_glue as glue
+    from timm_camaug.loss import MixedTargetLoss
     create = glue.create_train_mix_fn
 
     def probing_create(args, model, data_config=None, amp_autocast=None, device=None, *more):
         mix_fn = create(args, model, data_config, amp_autocast, device, *more)
         module = glue.training_module(model)
+        probe = ProbeMix(mix_fn, module)
+        loss_fn = more[0] if more else None
+        if isinstance(loss_fn, MixedTargetLoss):    # the patched loss completes targets through the probe
+            loss_fn.bind(probe)
         mode_autocast = getattr(mix_fn, 'amp_autocast', amp_autocast)
         _record('created', {
             'given': type(model).__name__,
@@ -152,8 +182,9 @@ def install_probes():
             'mode': type(mix_fn).__name__,
             'mode_model': type(getattr(mix_fn, 'model', module)).__name__,
             'holds_training_module': getattr(mix_fn, 'model', module) is module,
+            'hooks_at_creation': _hooks(module),
         })
-        return ProbeMix(mix_fn, module)
+        return probe
 
     glue.create_train_mix_fn = probing_create
 

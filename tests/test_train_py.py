@@ -316,6 +316,14 @@ def world(sources, patched, tmp_path_factory):
     }
     for mode in timm_camaug.MIX_MODES:
         add(f'mode-{mode}', fp, ['--mix-mode', mode] + per_mode.get(mode, []))
+    # TransMix: labels completed from the training forward by the patched loss (CutMix batches only: alpha 0)
+    vit = ['--mix-mode', 'transmix', '--model', 'test_vit', '--model-kwargs', 'patch_size=8',
+           '--transmix-mixup-alpha', '0']
+    add('transmix-vit', fp, vit + ['--amp', '--amp-dtype', 'bfloat16', '--grad-accum-steps', '2', '--smoothing', '0.1',
+                                   '--drop-path', '0.1'])
+    add('transmix-cnn', fp, ['--mix-mode', 'transmix', '--transmix-mixup-alpha', '0', '--channels-last',
+                             '--no-prefetcher', '--amp', '--amp-dtype', 'bfloat16'])
+    add('transmix-compile', fp, vit + ['--torchcompile', 'eager', '--epochs', '2'])
     add('resume', fp, ['--mix-mode', 'cam-erase', '--epochs', '3', '--cam-erase-warmup-epochs', '0',
                        '--resume', str(out / 'mode-cam-erase' / 'last.pth.tar')])
     if has_flag(patched[feature], '--train-img-sizes'):
@@ -502,6 +510,52 @@ def test_config_file_run(world):
     _check_mode_run(r, 'snapmix')
     log = Path(r['log']).read_text()
     assert re.search(r'Created SGD \(sgd\) optimizer: lr: 0\.01, momentum: 0\.9.*nesterov: True', log)
+
+
+# --- TransMix: targets completed after the forward, inside the real train.py
+
+def _check_transmix_run(r, module, epochs=1):
+    assert r['train_losses'] == ['SoftTargetCrossEntropy']
+    (created,) = r['created']
+    assert created['mode'] == 'TransMix' and created['module'] == module and created['holds_training_module']
+    calls, done = r['calls'], r['finalized']
+    assert len(calls) == len(done) == STEPS * epochs
+    for c in calls:
+        assert c['grads_intact'] and c['params_intact'] and c['buffers_intact'] and c['flags_intact'], c
+    for f in done:      # every batch is CutMix (mixup alpha 0): each one's labels read from its own forward
+        assert f['read_forward'] and f['finite'] and f['sums_to_one'] and not f['requires_grad'], f
+        assert f['training'] and f['grad_enabled'], f   # the training step's own forward, not a validation one
+    assert any(f['changed'] for f in done), 'the completed labels never differed from the area labels'
+    return created, calls, done
+
+
+def test_transmix_vit_amp_accumulation_prefetcher(world):
+    """test_vit (class token): the class token's attention in the training forward, under bf16 autocast, with
+    --grad-accum-steps 2 and the prefetcher (the default); the hook exists only while a batch is pending."""
+    created, calls, done = _check_transmix_run(_ok(world, 'transmix-vit'), 'VisionTransformer')
+    assert created['hooks_at_creation'] == 0 and created['drop_path']
+    assert all(f['hooks_after'] == 0 and f['autocast'] for f in done)
+    assert any(c['grads_present'] for c in calls)       # a mix on top of the first micro-batch's gradients
+    assert min(c['target_min'] for c in calls) == pytest.approx(0.1 / N_CLASSES, rel=1e-5)
+
+
+def test_transmix_cnn_extension_channels_last_no_prefetcher(world):
+    """test_resnet (no class token): the extension's class maps of the captured final feature map."""
+    created, _, done = _check_transmix_run(_ok(world, 'transmix-cnn'), 'ResNet')
+    assert created['channels_last'] and created['autocast']['dtype'] == 'torch.bfloat16'
+    assert all(f['hooks_after'] == 0 and f['autocast'] for f in done)
+
+
+def test_transmix_under_torchcompile(world):
+    """--torchcompile: the hook is registered at start-up (a compiled forward ignores later ones) and only armed
+    while a batch is pending; after the first steps no step adds a graph (validation in between included)."""
+    r = _ok(world, 'transmix-compile')
+    created, _, done = _check_transmix_run(r, 'VisionTransformer', epochs=2)
+    assert created['hooks_at_creation'] == 1 and all(f['hooks_after'] == 1 for f in done)
+    graphs = [f['dynamo_graphs'] for f in done]
+    # one graph for the armed training forward, reused by every step; validation (eval) adds its own in between
+    assert graphs[0] >= 1 and len(set(graphs[:STEPS])) == 1 and len(set(graphs[STEPS:])) == 1, graphs
+    assert graphs[-1] - graphs[0] <= 2, graphs
 
 
 # --- --torchcompile with a real backend: opt-in (a cold inductor compile takes minutes on 2 CPU cores)
