@@ -26,10 +26,13 @@ def test_bench_cli_prints_a_table(capsys):
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['--mode', 'mixup'], "unknown mode\\(s\\) mixup; choose from snapmix"),
+    (['--mode', 'mixupp'], "unknown mix mode mixupp; choose one of snapmix"),
+    (['--mode', 'snapmix:0.5+cutmix'], "give every member a probability, or none of them"),
+    (['--mode', 'snapmix:0.7+cutmix:0.7'], "add up to 1.4, more than 1"),
     (['--batch-size', '0'], '--batch-size must be >= 1, got 0'),
     (['--set', 'beta=2'], "--set 'beta=2': expected MODE:KEY=VALUE"),
     (['--mode', 'snapmix', '--set', 'gutout:t=0.2'], "--set 'gutout:t=0.2': 'gutout' is not among the modes benchmarked \\(snapmix\\)"),
+    (['--mode', 'snapmix:0.5+cutmix:0.5', '--set', 'cutmix:cutmix_alpha=-1'], "cutmix_alpha must be >= 0, got -1.0"),
     (['--mode', 'snapmix', '--set', 'snapmix:bogus=1'], 'snapmix has no such option; its options are prob, beta'),
     (['--mode', 'snapmix', '--set', 'snapmix:beta=nan'], 'snapmix: beta must be > 0, got nan'),
     (['--mode', 'snapmix', '--model', 'no_such_model'], 'no_such_model'),
@@ -37,6 +40,14 @@ def test_bench_cli_prints_a_table(capsys):
 def test_bench_cli_errors(argv, message):
     with pytest.raises(SystemExit, match=message):
         cli.main(['bench', '--model', 'test_resnet', '--img-size', '32', '--repeats', '1', *argv])
+
+
+def test_bench_takes_schedules_and_timms_own_rows(capsys):
+    assert cli.main(['bench', '--mode', 'cutmix,snapmix:0.5+cutmix:0.5', '--model', 'test_resnet', '--img-size',
+                     '32', '--batch-size', '2', '--num-classes', '3', '--repeats', '1',
+                     '--set', 'snapmix:beta=2', '--set', 'cutmix:cutmix_alpha=0.5']) == 0
+    rows = {line.split()[0] for line in capsys.readouterr().out.splitlines()[3:] if line.strip()}
+    assert {'cutmix', 'snapmix:0.5+cutmix:0.5'} <= rows
 
 
 def test_mode_options_from_strings():

@@ -3,7 +3,7 @@ with a local checkpoint, the maps it shows, and its errors. """
 import pytest
 import torch
 
-from timm_camaug import MIX_MODES
+from timm_camaug import MIX_MODES, get_mode_class
 from timm_camaug.cli import main
 from timm_camaug.preview import parse_mode_options
 from timm_camaug.readers import ReadError, checkpoint_num_classes, read_class_names
@@ -23,13 +23,13 @@ def offline_preview_deps():
     pytest.importorskip('matplotlib')
 
 
-@pytest.mark.parametrize('mode', MIX_MODES)
+@pytest.mark.parametrize('mode', MIX_MODES + ('cutmix', 'snapmix:0.5+mixup:0.5'))
 def test_preview_every_mode_on_real_photos(mode, offline_preview_deps, tmp_path, capsys):
     out = tmp_path / f'{mode}.png'
     assert main(['preview', '--mode', mode, '--output', str(out), '--size', '128', '--seed', '1']) == 0
     text = capsys.readouterr().out
     w, h = _png_size(out)
-    cols = 3 if mode in ('gutout', 'cam-erase') else 4
+    cols = 4 if '+' in mode or mode == 'cutmix' or get_mode_class(mode).mixes_pairs else 3
     assert w > 250 * cols and h > 300 * 4           # one row per photo, one column per panel
     for name in ('chelsea', 'astronaut', 'coffee', 'rocket'):
         assert f'{name}: predicted ' in text

@@ -57,12 +57,46 @@ def time_interleaved(fns: Dict[str, Callable[[], object]], repeats: int, device,
 
 
 def _call_and_finalize(mix_fn, x, y):
-    """One mix call as a training step makes it: the call, then ``finalize`` (here without a forward between:
-    a mode that reads the forward is timed on its whole label completion by the benchmarks, not here)."""
+    """One mix call as a training step makes it: the call, then ``finalize``."""
     out = mix_fn(x, y)
-    if not mix_fn.reads_training_forward:
-        mix_fn.finalize(out[1])
+    mix_fn.finalize(out[1])
     return out
+
+
+class _AroundTheForward:
+    """A mode whose work straddles the training forward (``reads_training_forward``: TransMix): each run makes
+    the call, the step's own forward on the mixed batch (under the step's autocast, with gradients, as
+    training runs it) and ``finalize``; only the call and ``finalize`` are counted (``seconds``), since the
+    forward is the training step's own. What the mode adds inside that forward (its hook keeping a reference
+    to one tensor) is not separated out."""
+
+    def __init__(self, mix_fn, net, amp, x, y, device):
+        self.mix_fn, self.net, self.amp, self.x, self.y, self.device = mix_fn, net, amp, x, y, device
+        self.seconds: List[float] = []
+
+    def __call__(self):
+        _sync(self.device)
+        t0 = time.perf_counter()
+        x_mixed, target = self.mix_fn(self.x, self.y)
+        _sync(self.device)
+        t1 = time.perf_counter()
+        with self.amp():
+            output = self.net(x_mixed)
+        _sync(self.device)
+        t2 = time.perf_counter()
+        self.mix_fn.finalize(target)
+        _sync(self.device)
+        self.seconds.append(t1 - t0 + time.perf_counter() - t2)
+        del output
+
+    def training_step(self, opt):
+        """A whole training step with the mode (for its extra peak memory over a plain step)."""
+        x_mixed, target = self.mix_fn(self.x, self.y)
+        with self.amp():
+            output = self.net(x_mixed)
+            loss = -(self.mix_fn.finalize(target) * output.float().log_softmax(-1)).sum(-1).mean()
+        loss.backward()
+        opt.zero_grad(set_to_none=False)
 
 
 def bench_modes(
@@ -78,8 +112,10 @@ def bench_modes(
         repeats: int = 5,
         options: Optional[Dict[str, Dict[str, Any]]] = None,
 ) -> Dict[str, Dict[str, float]]:
-    """{name: {'seconds', 'ratio'}}: each mode's call (``prob=1``) and timm's CutMix, as a fraction of one
-    training step of ``model`` on the same batch (the entry ``'train step'``, ratio 1). ``options`` maps a mode
+    """{name: {'seconds', 'ratio'}}: each mode's call (``prob=1``) and ``finalize``, and timm's CutMix, as a
+    fraction of one training step of ``model`` on the same batch (the entry ``'train step'``, ratio 1). A mode
+    that completes its targets from the training forward (TransMix) is timed on its call plus ``finalize``
+    after the step's own forward, which is run between them but not counted. ``options`` maps a mode
     to its keyword options; ``amp_dtype`` ('bfloat16' or 'float16') runs the step and the CAMs under autocast.
     On CUDA each entry also has ``'peak_memory'``: the largest extra memory a call allocated, as a fraction of
     the step's own peak."""
@@ -93,6 +129,7 @@ def bench_modes(
     from .extractor import create_timm_model
     from .factory import create_mix_fn
     from .modes import get_mode_class
+    from .modes.schedule import is_timm_member, parse_schedule
 
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     amp = (functools.partial(torch.autocast, device_type=dev.type, dtype=getattr(torch, amp_dtype))
@@ -114,22 +151,36 @@ def bench_modes(
 
     fns: Dict[str, Callable[[], object]] = {'train step': train_step}
     for mode in modes:
-        opts = dict((options or {}).get(mode, {}))
-        cls = get_mode_class(mode)
-        if cls.auxiliary_network is not None and not isinstance(opts.get(cls.auxiliary_network[0]), torch.nn.Module):
-            option, checkpoint_option = cls.auxiliary_network
-            default = next(o.default for o in cls.options if o.name == option)
-            name, checkpoint = opts.get(option) or default, opts.pop(checkpoint_option, None)
-            network = (create_timm_model(name, checkpoint, num_classes=0) if checkpoint
-                       else timm.create_model(name, num_classes=0))     # random weights: the same cost
-            opts[option] = network.to(dev).eval()
-        mix = create_mix_fn(mode, model=net, num_classes=num_classes, device=dev, amp_autocast=amp,
-                            prob=opts.pop('prob', 1.0), data_config={'input_size': (3, img_size, img_size)}, **opts)
-        fns[mode] = functools.partial(_call_and_finalize, mix, x, y)
+        per_member = {}
+        members = [name for name, _ in parse_schedule(mode)]    # a mode, 'cutmix', or a schedule a:0.5+b:0.5
+        for member in members:
+            opts = dict((options or {}).get(member, {}))
+            cls = None if is_timm_member(member) else get_mode_class(member)
+            if cls is not None and cls.auxiliary_network is not None \
+                    and not isinstance(opts.get(cls.auxiliary_network[0]), torch.nn.Module):
+                option, checkpoint_option = cls.auxiliary_network
+                default = next(o.default for o in cls.options if o.name == option)
+                name, checkpoint = opts.get(option) or default, opts.pop(checkpoint_option, None)
+                network = (create_timm_model(name, checkpoint, num_classes=0) if checkpoint
+                           else timm.create_model(name, num_classes=0))     # random weights: the same cost
+                opts[option] = network.to(dev).eval()
+            per_member[member] = opts
+        common = dict(model=net, num_classes=num_classes, device=dev, amp_autocast=amp,
+                      data_config={'input_size': (3, img_size, img_size)})
+        if members == [mode]:
+            opts = per_member[mode]
+            mix = create_mix_fn(mode, prob=opts.pop('prob', 1.0), **common, **opts)
+        else:
+            mix = create_mix_fn(mode, options=per_member, **common)
+        fns[mode] = (_AroundTheForward(mix, net, amp, x, y, dev) if mix.reads_training_forward
+                     else functools.partial(_call_and_finalize, mix, x, y))
     cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
     fns['timm Mixup (cutmix)'] = lambda: cutmix(x.clone(), y)
 
     times = time_interleaved(fns, repeats, dev)
+    for name, fn in fns.items():        # its own call + finalize, without the step's forward between them
+        if isinstance(fn, _AroundTheForward):
+            times[name] = statistics.median(fn.seconds[-repeats:])
     out = {k: {'seconds': v, 'ratio': v / times['train step']} for k, v in times.items()}
     if dev.type == 'cuda':
         def peak(fn):
@@ -141,7 +192,10 @@ def bench_modes(
             return torch.cuda.max_memory_allocated(dev) - base
         step_peak = peak(train_step)
         for k, fn in fns.items():
-            out[k]['peak_memory'] = peak(fn) / max(step_peak, 1)
+            if isinstance(fn, _AroundTheForward):   # what a step with the mode needs beyond a plain step
+                out[k]['peak_memory'] = max(0, peak(functools.partial(fn.training_step, opt)) - step_peak) / max(step_peak, 1)
+            else:
+                out[k]['peak_memory'] = peak(fn) / max(step_peak, 1)
     return out
 
 
@@ -151,7 +205,8 @@ def register(subparsers) -> None:
         'bench', help="time each mix mode against a training step of your model on your device",
         description=__doc__.split('\n\n')[1])
     p.add_argument('--mode', default='all', metavar='MODE',
-                   help=f"{', '.join(MIX_MODES)}, 'all', or a comma-separated list (default: all)")
+                   help=f"{', '.join(MIX_MODES)}, cutmix/mixup (timm's), a schedule such as a:0.5+b:0.5, 'all', "
+                        "or a comma-separated list of these (default: all)")
     p.add_argument('--model', default='resnet50', help='timm model name (default: resnet50)')
     p.add_argument('--img-size', type=int, default=224, help='square input size (default: 224)')
     p.add_argument('--batch-size', type=int, default=16, help='batch size (default: 16)')
@@ -161,7 +216,8 @@ def register(subparsers) -> None:
     p.add_argument('--channels-last', action='store_true', help='channels-last model and batch')
     p.add_argument('--repeats', type=int, default=5, help='timed repeats; the median is shown (default: 5)')
     p.add_argument('--set', action='append', default=[], metavar='MODE:KEY=VALUE',
-                   help="a mode option, e.g. --set <mode>:cam_scale=0.5 for a CAM mode (repeatable)")
+                   help="an option of a mode (or of a schedule's member), e.g. --set <mode>:cam_scale=0.5 for a CAM "
+                        "mode (repeatable)")
     p.set_defaults(func=run)
 
 
@@ -171,11 +227,17 @@ def _fail(msg: str) -> SystemExit:
 
 def run(args: argparse.Namespace) -> int:
     from .factory import mode_options_from_strings
-    from .modes import MIX_MODES
+    from .modes import MIX_MODES, get_mode_class
+    from .modes.schedule import ScheduleError, schedule_members
     modes = list(MIX_MODES) if args.mode == 'all' else [m.strip() for m in args.mode.split(',') if m.strip()]
-    unknown = [m for m in modes if m not in MIX_MODES]
-    if unknown or not modes:
-        raise _fail(f"unknown mode(s) {', '.join(unknown) or repr(args.mode)}; choose from {', '.join(MIX_MODES)} or 'all'")
+    if not modes:
+        raise _fail(f"no mode in {args.mode!r}; choose from {', '.join(MIX_MODES)} or 'all'")
+    members = set()
+    for row in modes:
+        try:
+            members.update(schedule_members(row))
+        except ScheduleError as e:
+            raise _fail(str(e)) from None
     for name, value in (('--img-size', args.img_size), ('--batch-size', args.batch_size),
                         ('--num-classes', args.num_classes), ('--repeats', args.repeats)):
         if value < 1:
@@ -185,8 +247,8 @@ def run(args: argparse.Namespace) -> int:
         mode, sep, kv = item.partition(':')
         if not sep:
             raise _fail(f"--set {item!r}: expected MODE:KEY=VALUE, e.g. {modes[0]}:prob=0.5")
-        if mode not in modes:
-            raise _fail(f"--set {item!r}: {mode!r} is not among the modes benchmarked ({', '.join(modes)})")
+        if mode not in members:
+            raise _fail(f"--set {item!r}: {mode!r} is not among the modes benchmarked ({', '.join(sorted(members))})")
         per_mode.setdefault(mode, []).append(kv)
     try:
         options = {m: mode_options_from_strings(m, items) for m, items in per_mode.items()}
@@ -198,7 +260,12 @@ def run(args: argparse.Namespace) -> int:
     memory = any('peak_memory' in r for r in results.values())
     print(f"{machine()}\n{args.model}, {args.img_size} px, batch {args.batch_size}"
           f"{', ' + args.amp if args.amp else ''}{', channels-last' if args.channels_last else ''}: "
-          f"median of {args.repeats} interleaved repeats\n")
+          f"median of {args.repeats} interleaved repeats")
+    straddling = [m for m in modes if m in MIX_MODES and get_mode_class(m).reads_training_forward]
+    if straddling:
+        print(f"{', '.join(straddling)}: the call plus finalize() after the training forward (the forward itself "
+              "is the step's own and is not counted)")
+    print()
     header = f"{'call':<22} {'ms':>10} {'/ train step':>13}" + (f" {'extra peak memory':>18}" if memory else '')
     print(header)
     for name, r in results.items():

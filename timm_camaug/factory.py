@@ -26,7 +26,7 @@ def mode_options_from_strings(mode: str, items: Sequence[str]) -> Dict[str, Any]
     """``KEY=VALUE`` strings (command-line ``--set`` items) -> keyword options of ``mode``, typed as the mode's
     train.py flags are. ``KEY`` is the option's name without the mode prefix (``beta``, ``cam_layer``, or
     ``cam-layer``); ``prob`` is accepted too. Raises ValueError naming the item and what is wrong with it."""
-    cls = get_mode_class(mode)
+    cls = _mode_or_timm_class(mode)
     options = {o.name: o for o in cls.options}
     out: Dict[str, Any] = {}
     for item in items:

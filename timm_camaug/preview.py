@@ -157,10 +157,11 @@ def render_preview(mix_fn, x, labels, x_mixed, soft, params, output: str, *, nam
     perm = regions.perm if mixing else torch.arange(n)
     imgs = denormalize(x.detach().cpu(), mix_fn.mean, mix_fn.std).clamp(0, 1)
     outs = denormalize(x_mixed.detach().cpu(), mix_fn.mean, mix_fn.std).clamp(0, 1)
+    shown = mix_fn.describing(params)         # a schedule: the member it drew (None: no mixing)
     maps = mix_fn.image_guidance(params)
     levels = mix_fn.guidance_levels(params)
     notes = mix_fn.row_notes(params, labels)
-    zero_one = mix_fn.guidance_scale == '0-1'
+    zero_one = shown is not None and shown.guidance_scale == '0-1'
     active = params.active.cpu()
     colour_map = colormaps[cmap]
     to8 = lambda t: (t * 255).round().to(torch.uint8)  # noqa: E731
@@ -179,7 +180,7 @@ def render_preview(mix_fn, x, labels, x_mixed, soft, params, output: str, *, nam
         if no_map:
             texts.append('no map for this image')
         else:
-            caption = mix_fn.guidance_name + (', colours 0-1' if zero_one else '')
+            caption = shown.guidance_name + (', colours 0-1' if zero_one else '')
             if levels is not None and active[i]:
                 t = float(levels[i])
                 caption += f'\nwhite line: threshold t = {t:.2f}'
@@ -193,7 +194,9 @@ def render_preview(mix_fn, x, labels, x_mixed, soft, params, output: str, *, nam
             j = int(perm[i])
             source_boxes = None if regions.source_boxes is None else regions.source_boxes[i]
             tiles.append(_draw_boxes(to8(imgs[j]), source_boxes if active[i] else None, _BOX_COLOURS['source']))
-            texts.append(f"partner: row {j}" + (f" ({image_names[j]})" if image_names else ''))
+            blended = float(regions.blend[i]) if regions.blend is not None else 0.0
+            texts.append(f"partner: row {j}" + (f" ({image_names[j]})" if image_names else '')
+                         + (f"\nblended in at {blended:.2f} (Mixup)" if blended > 0 else ''))
         res = to8(outs[i])
         if regions.target_boxes is None:     # an irregular region: tint its pixels
             res = draw_segmentation_masks(res, regions.target[i], alpha=0.3, colors='#ff00ff')
@@ -232,7 +235,9 @@ def register(subparsers) -> None:
                     "offline ImageNet EfficientNet-Lite0 (pip install 'timm-camaug[preview]').")
     p.add_argument('images', nargs='*', metavar='IMAGE', help='image files (default: scikit-image photos '
                                                                f"{', '.join(DEFAULT_PHOTOS)})")
-    p.add_argument('--mode', required=True, choices=MIX_MODES, help='the mix mode to show')
+    p.add_argument('--mode', required=True, metavar='MODE',
+                   help=f"the mix mode to show: {', '.join(MIX_MODES)}, cutmix/mixup (timm's), or a schedule such as "
+                        "a:0.5+b:0.5 (one member drawn)")
     p.add_argument('--output', '-o', required=True, metavar='FILE.png', help='PNG file to write')
     p.add_argument('--model', default=None, help='timm model name (default: offline ImageNet efficientnet_lite0)')
     p.add_argument('--checkpoint', default=None, metavar='FILE', help="local weights of --model (else the hub's)")
@@ -245,9 +250,27 @@ def register(subparsers) -> None:
     p.add_argument('--seed', type=int, default=0, help='seed of the mode\'s random draws (default: 0)')
     p.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                    help="a mode option, as its train.py flag without the mode prefix, e.g. --set beta=1.0 or "
-                        "--set cam_layer=blocks.4 (repeatable); prob is 1 unless set")
+                        "--set cam_layer=blocks.4 (repeatable; in a schedule MEMBER:KEY=VALUE); prob is 1 unless set")
     p.add_argument('--cmap', default='jet', help="matplotlib colour map of the guidance map (default: jet)")
     p.set_defaults(func=run)
+
+
+def _member_options(members: Sequence[str], items: Sequence[str], single: bool) -> Dict[str, Dict[str, Any]]:
+    """``--set`` items per member: ``KEY=VALUE`` for a single mode, ``MEMBER:KEY=VALUE`` in a schedule."""
+    out: Dict[str, Dict[str, Any]] = {m: {} for m in members}
+    by_member: Dict[str, list] = {m: [] for m in members}
+    for item in items:
+        member, sep, kv = item.partition(':')
+        if single and (not sep or '=' in member):
+            by_member[members[0]].append(item)
+            continue
+        if not sep or member not in by_member:
+            raise _fail(f"--set {item!r}: in a schedule write MEMBER:KEY=VALUE with MEMBER one of {', '.join(members)}")
+        by_member[member].append(kv)
+    for member, kvs in by_member.items():
+        if kvs:
+            out[member] = parse_mode_options(member, kvs)
+    return out
 
 
 def _auxiliary_network(cls, options: Dict[str, Any], model, default_model: bool) -> None:
@@ -281,13 +304,19 @@ def run(args: argparse.Namespace) -> int:
     if args.cmap not in colormaps:
         raise _fail(f"unknown matplotlib colour map {args.cmap!r}")
     from .modes import get_mode_class
-    cls = get_mode_class(args.mode)
-    options = parse_mode_options(args.mode, args.set)
+    from .modes.schedule import ScheduleError, is_timm_member, schedule_members
+    try:
+        members = schedule_members(args.mode)
+    except ScheduleError as e:
+        raise _fail(str(e)) from None
+    single = members == [args.mode]
+    per_member = _member_options(members, args.set, single)
     try:
         images, image_names = load_images(args.images, args.size)
     except ReadError as e:
         raise _fail(str(e)) from None
-    if len(images) < 2 and cls.mixes_pairs:
+    classes = [None if is_timm_member(m) else get_mode_class(m) for m in members]
+    if len(images) < 2 and any(c is None or c.mixes_pairs for c in classes):
         raise _fail(f"{args.mode} mixes pairs of images: give at least two")
     model, model_desc = _load_model(args)
     import timm
@@ -298,16 +327,23 @@ def run(args: argparse.Namespace) -> int:
         labels = model(x).argmax(1)
     k = int(getattr(model, 'num_classes', 0) or 0)
     names = _class_names(k, args.class_names)
-    _auxiliary_network(cls, options, model, default_model=args.model is None)
-    if 'cam_bn' in {o.name for o in cls.options} and 'cam_bn' not in options:
-        # a frozen pretrained model shown a few unrelated photos: batch statistics (a training default of
-        # some modes) would describe this odd batch, not the model, and smear its CAM off the objects
-        options['cam_bn'] = 'eval'
-    prob = options.pop('prob', 1.0)
+    for member, cls in zip(members, classes):
+        if cls is None:
+            continue
+        _auxiliary_network(cls, per_member[member], model, default_model=args.model is None)
+        if 'cam_bn' in {o.name for o in cls.options} and 'cam_bn' not in per_member[member]:
+            # a frozen pretrained model shown a few unrelated photos: batch statistics (a training default of
+            # some modes) would describe this odd batch, not the model, and smear its CAM off the objects
+            per_member[member]['cam_bn'] = 'eval'
     from . import create_mix_fn
+    common = dict(model=model, num_classes=k, data_config=data_config,
+                  generator=torch.Generator().manual_seed(args.seed))
     try:
-        mix_fn = create_mix_fn(args.mode, model=model, num_classes=k, prob=prob, data_config=data_config,
-                               generator=torch.Generator().manual_seed(args.seed), **options)
+        if single:
+            options = per_member[args.mode]
+            mix_fn = create_mix_fn(args.mode, prob=options.pop('prob', 1.0), **common, **options)
+        else:
+            mix_fn = create_mix_fn(args.mode, options=per_member, **common)
     except (ValueError, TypeError, RuntimeError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
     params = mix_fn.make_params(x, labels)

@@ -23,7 +23,7 @@ from .options import is_finite_number
 from .timm_mixup import TIMM_PRESETS, TimmMixup
 
 __all__ = ['Schedule', 'ScheduleParams', 'parse_schedule', 'parse_probabilities', 'is_timm_member', 'NO_MIX',
-           'ScheduleError']
+           'ScheduleError', 'schedule_members']
 
 NO_MIX = 'none'
 
@@ -63,6 +63,18 @@ def parse_schedule(text: str) -> List[Tuple[str, Optional[float]]]:
     if given and len(given) != len(members):
         raise ScheduleError(f"schedule {text!r}: give every member a probability, or none of them")
     return members
+
+
+def schedule_members(text: str) -> List[str]:
+    """The member names of a schedule (or of a single mode), each a registered mode or timm's ``cutmix`` /
+    ``mixup``; ScheduleError naming any other."""
+    from . import mix_modes
+    names = [name for name, _ in parse_schedule(text)]
+    bad = [n for n in names if n not in mix_modes() and not is_timm_member(n)]
+    if bad:
+        raise ScheduleError(f"unknown mix mode {', '.join(bad)}; choose one of {', '.join(mix_modes())}, or "
+                            f"{', '.join(TIMM_PRESETS)} (timm's own), joined by + in a schedule (a:0.5+b:0.5)")
+    return names
 
 
 def parse_probabilities(value: Any, n_modes: int, flag: str = '--mix-mode-prob') -> Optional[List[float]]:
