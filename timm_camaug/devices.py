@@ -1,9 +1,10 @@
-""" Moving a mode's random draws (made on the CPU) to the batch's device without stalling the step. """
+""" Moving a mode's random draws (made on the CPU) to the batch's device without stalling the step, and checks
+of a batch that cost no host-device synchronisation on an accelerator (queued device-side assertions). """
 from typing import Union
 
 import torch
 
-__all__ = ['to_device', 'assert_in_range']
+__all__ = ['to_device', 'assert_in_range', 'assert_finite']
 
 
 def to_device(t: torch.Tensor, device: Union[str, torch.device, None]) -> torch.Tensor:
@@ -38,3 +39,31 @@ def assert_in_range(labels: torch.Tensor, num_classes: int, what: str = 'label')
         torch._assert_async(~bad.any(), message)
     except TypeError:   # torch before the message overload
         torch._assert_async(~bad.any())
+
+
+_PIXELS_WHY = ("; a mix mode refuses them, as one bad pixel changes every sample's label weights through the "
+               "batch's statistics: check the data pipeline (a corrupt image, a division by a zero std)")
+
+
+def assert_finite(x: torch.Tensor, what: str = 'x', why: str = _PIXELS_WHY) -> None:
+    """Raise a ValueError when ``x`` holds a NaN or an infinity, naming the first sample that does (``why``
+    ends the message).
+
+    One bad pixel is not a local problem for a mix mode: through the batch statistics of a CAM forward
+    (``cam_bn='batch'``) it changes every sample's map and so every label weight. On the CPU the check is
+    immediate. On an accelerator it is queued (``torch._assert_async``), as :func:`assert_in_range` queues the
+    label check: nothing waits for the answer, and a non-finite batch ends the run at the next synchronisation
+    with a device-side assertion (on CUDA ``RuntimeError: CUDA error: device-side assert triggered``, whose
+    text may not carry this message; rerun with ``CUDA_LAUNCH_BLOCKING=1`` to see where).
+    """
+    finite = torch.isfinite(x).all()
+    if x.device.type == 'cpu':
+        if not bool(finite):
+            first = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
+            raise ValueError(f"{what} holds NaN or infinite values (first in sample {first}){why}")
+        return
+    message = f"{what} holds NaN or infinite values"
+    try:
+        torch._assert_async(finite, message)
+    except TypeError:   # torch before the message overload
+        torch._assert_async(finite)

@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tupl
 
 import torch
 
+from ..devices import assert_finite
 from ..pixels import resolve_mean_std
 from ..targets import prepare_targets
 from .options import Option, OptionError, is_finite_number, require
@@ -69,6 +70,12 @@ class MixMode:
         data_config: timm data config; its mean/std de-normalise the batch where pixel values are needed.
         amp_autocast: context manager factory for model forwards (train.py's ``amp_autocast``).
         device: where auxiliary models live (the input's device is used for everything else).
+
+    A call refuses labels outside ``[0, num_classes)`` and pixels that are NaN or infinite (one such pixel
+    would change every sample's label weights through the batch statistics of a CAM forward): a ValueError
+    on the CPU; on an accelerator the checks are queued on the device (no host-device sync) and a bad batch
+    ends the run at the next synchronisation with a device-side assertion
+    (:func:`timm_camaug.devices.assert_finite`).
     """
     # --- declared by each mode
     name: ClassVar[str] = ''
@@ -291,12 +298,14 @@ class MixMode:
     # --- helpers for subclasses
 
     def _check_batch(self, x: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(soft targets, labels) of a checked batch (labels range-checked at once on the CPU, queued on a device)."""
+        """(soft targets, labels) of a checked batch: labels in range and pixels finite, checked at once on the
+        CPU and queued on an accelerator (a device-side assertion ends the run; no host sync)."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4:
             raise ValueError(f"{self.name}: x must be an (N, C, H, W) tensor, got "
                              f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
         if not x.is_floating_point():
             raise ValueError(f"{self.name}: x must be a float tensor of normalised images, got {x.dtype}")
+        assert_finite(x, f"{self.name}: x")
         return prepare_targets(target, self.num_classes, self.label_smoothing, x.shape[0], x.device)
 
     def _gate(self, n: int) -> torch.Tensor:
