@@ -410,8 +410,8 @@ def test_option_errors():
         make_mode(reduce='median')
     with pytest.raises(ValueError, match=r"unknown timm model 'resnet5x'; close names: .*resnet50"):
         make_mode(extractor='resnet5x')
-    with pytest.raises(FileNotFoundError, match=r"extractor_checkpoint: checkpoint file '.*nope\.pth' for timm "
-                                                r"model 'resnet50' does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"extractor_checkpoint='.*nope\.pth' \(train.py: "
+                                                r"--attentive-extractor-checkpoint\): it does not exist"):
         make_mode(extractor='resnet50', extractor_checkpoint='/nonexistent/nope.pth')
     with pytest.raises(ValueError, match=r"TokenExtractor gives features of shape \(1, 3136, 3\), not a spatial"):
         make_mode(extractor=TokenExtractor())
@@ -430,16 +430,17 @@ def test_option_errors():
 
 def test_checkpoint_of_another_architecture(saved_test_resnet):
     _, path = saved_test_resnet
-    with pytest.raises(RuntimeError, match=r"checkpoint '.*test_resnet\.pth' does not match timm model "
-                                           r"'test_efficientnet': missing keys"):
+    with pytest.raises(ValueError, match=r"extractor_checkpoint='.*test_resnet\.pth' \(train.py: "
+                                         r"--attentive-extractor-checkpoint\): it does not match timm model "
+                                         r"'test_efficientnet': missing keys"):
         make_mode(extractor='test_efficientnet', extractor_checkpoint=str(path))
 
 
 def test_unreadable_checkpoint(tmp_path):
     path = tmp_path / 'broken.pth'
     path.write_bytes(b'not a checkpoint')
-    with pytest.raises(RuntimeError, match=r"attentive extractor: could not read checkpoint '.*broken\.pth' for timm "
-                                           r"model 'test_resnet'"):
+    with pytest.raises(ValueError, match=r"attentive: extractor_checkpoint='.*broken\.pth' \(train.py: "
+                                         r"--attentive-extractor-checkpoint\): it is corrupt or not a weights file"):
         make_mode(extractor='test_resnet', extractor_checkpoint=str(path))
 
 
@@ -454,6 +455,7 @@ def test_download_failure_names_the_checkpoint_option(monkeypatch, no_downloads)
         return no_downloads(*args, pretrained=pretrained, **kwargs)
 
     monkeypatch.setattr(timm, 'create_model', offline)
+    monkeypatch.setattr('timm_camaug.extractor._hub_problem', lambda url, timeout=None: None)   # the hub answers
     with pytest.raises(RuntimeError, match=r"could not download the pretrained weights of timm model 'resnet50'.*"
                                            r"extractor_checkpoint=<file> \(train.py: --attentive-extractor-checkpoint"):
         create_mix_fn('attentive', num_classes=K)

@@ -18,17 +18,19 @@ from torch import nn
 
 from ..boxes import cell_boxes, cell_masks
 from ..devices import to_device
-from ..extractor import create_timm_model, freeze, frozen_copy, model_mean_std, spatial_features
+from ..extractor import (CheckpointError, ForwardError, HubUnreachableError, create_timm_model, freeze, frozen_copy,
+                         model_mean_std, spatial_features)
 from ..pixels import denormalize, normalize
 from ..targets import mix_soft_targets
 from .base import MixMode, MixParams, MixRegions
-from .options import Option, optional_str, require
+from .options import Option, OptionError, optional_str, require
 
 __all__ = ['AttentiveCutMix', 'AttentiveParams', 'REDUCTIONS', 'reduce_channels', 'top_cells']
 
 REDUCTIONS = ('mean', 'max', 'l2')
 _OFFLINE_HINT = ("a local checkpoint file with extractor_checkpoint=<file> "
                  "(train.py: --attentive-extractor-checkpoint <file>)")
+_NAME_HINT = " (extractor=NAME; train.py: --attentive-extractor NAME)"
 
 
 @dataclass
@@ -56,6 +58,30 @@ def top_cells(maps: torch.Tensor, n: int) -> torch.Tensor:
     flat = maps.flatten(1)
     idx = flat.topk(n, dim=1).indices
     return torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True).view_as(maps)
+
+
+def _create_extractor(name: str, checkpoint: Optional[str]) -> nn.Module:
+    """The named timm model without its head, with weights from ``checkpoint`` or the hub; every failure a
+    message in the words of the attentive options (the value, the flag, the fix)."""
+    def said(e: Exception) -> str:
+        text, path = str(e), repr(str(checkpoint))
+        text = 'it ' + text[len(path) + 1:] if text.startswith(path + ' ') else text
+        return f"attentive: extractor_checkpoint={checkpoint!r} (train.py: --attentive-extractor-checkpoint): {text}"
+    try:
+        return create_timm_model(name, checkpoint, num_classes=0, offline_hint=_OFFLINE_HINT, name_hint=_NAME_HINT)
+    except FileNotFoundError as e:
+        error = FileNotFoundError(said(e))
+        error.option = 'extractor_checkpoint'
+        raise error from None
+    except CheckpointError as e:
+        raise OptionError('extractor_checkpoint', said(e)) from None
+    except HubUnreachableError as e:
+        raise HubUnreachableError(f"attentive: extractor={name!r}: {e}") from None
+    except ValueError as e:     # an unknown name, a model without pretrained weights
+        raise OptionError('extractor', f"attentive: extractor={name!r}: {e} (train.py: --attentive-extractor "
+                                       "NAME)") from None
+    except RuntimeError as e:
+        raise RuntimeError(f"attentive extractor: {e}") from e
 
 
 def _same(a, b) -> bool:
@@ -91,9 +117,12 @@ class AttentiveCutMix(MixMode):
         >>> mix_fn.grid                                 # the extractor's feature-map grid at 64 px
         (2, 2)
         >>> x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
-        >>> x_mixed, target = mix_fn(x, y)
-        >>> target.max(1).values                        # 2 of 4 cells pasted: each label weighs 0.5
-        tensor([0.5000, 0.5000, 0.5000, 0.5000])
+        >>> params = mix_fn.make_params(x, y)
+        >>> params.cells.sum((1, 2))                    # 2 of the 4 cells of x[perm[i]] pasted into x[i] ...
+        tensor([2, 2, 2, 2])
+        >>> x_mixed, target = mix_fn.apply(x, y, params)
+        >>> target[0, y[params.perm[0]]].item()         # ... so its label weighs half (the pasted share)
+        0.5
     """
     name = 'attentive'
     default_prob = 1.0
@@ -120,17 +149,17 @@ class AttentiveCutMix(MixMode):
             if extractor_checkpoint is not None:
                 raise ValueError("attentive: extractor_checkpoint applies to a timm model name; "
                                  "load the weights into the module before passing it")
+            if not callable(getattr(extractor, 'forward_features', None)) \
+                    and not any(isinstance(m, nn.Conv2d) for m in extractor.modules()):
+                raise ValueError(
+                    f"attentive: extractor {type(extractor).__name__} has neither forward_features nor a 2-D "
+                    "convolution, so it gives no spatial (N, C, h, w) feature map; pass a convolutional network, "
+                    "e.g. timm.create_model('resnet50', pretrained=True, num_classes=0)")
             self.extractor_name = type(extractor).__name__
             self.extractor = frozen_copy(extractor)
         elif isinstance(extractor, str):
             self.extractor_name = extractor
-            try:
-                model = create_timm_model(extractor, extractor_checkpoint, num_classes=0, offline_hint=_OFFLINE_HINT)
-            except (ValueError, RuntimeError) as e:
-                raise (ValueError if isinstance(e, ValueError) else RuntimeError)(f"attentive extractor: {e}") from e
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"attentive: extractor_checkpoint: {e}") from e
-            self.extractor = freeze(model)
+            self.extractor = freeze(_create_extractor(extractor, extractor_checkpoint))
         else:
             raise TypeError(f"attentive: extractor must be a timm model name or an nn.Module, "
                             f"got {type(extractor).__name__}")
@@ -143,8 +172,24 @@ class AttentiveCutMix(MixMode):
         self._device: Optional[torch.device] = None
         if self.device is not None:
             self._move_to(self.device)
+        first = next((m for m in self.extractor.modules() if isinstance(m, nn.Conv2d)), None)
+        self._in_chans = first.in_channels if first is not None else None
+        p = next((q for q in self.extractor.parameters() if q.is_floating_point()), None)
+        self._dtype = p.dtype if p is not None else torch.float32
         probe = torch.zeros(1, len(self.mean), extractor_size, extractor_size, device=self.device)
-        self.grid: Tuple[int, int] = tuple(self.guidance_maps(probe).shape[-2:])
+        try:
+            maps = self.guidance_maps(probe, check_top_n=False)
+        except ForwardError as e:
+            if first is None:
+                raise ValueError(f"attentive: extractor {self.extractor_name!r}: {e}: it is not a network that gives "
+                                 "a spatial (N, C, h, w) feature map; pass a convolutional network "
+                                 "(e.g. 'resnet50')") from None
+            own = (getattr(self.extractor, 'pretrained_cfg', None) or {}).get('input_size')
+            hint = f"; the network's own input size is {own[-1]}" if own else ''
+            raise OptionError('extractor_size', f"attentive: extractor_size={extractor_size}: {e}; raise "
+                                                f"extractor_size (train.py: --attentive-extractor-size{hint})") from None
+        self.grid: Tuple[int, int] = tuple(maps.shape[-2:])
+        self._check_top_n(self.grid)
 
     @classmethod
     def _check_options(cls, o: Dict[str, Any]) -> None:
@@ -168,12 +213,20 @@ class AttentiveCutMix(MixMode):
     def _check_top_n(self, grid: Tuple[int, int]) -> None:
         cells = grid[0] * grid[1]
         if self.top_n > cells:
-            raise ValueError(f"attentive: top_n={self.top_n} is out of range for the extractor's {grid[0]}x{grid[1]} "
-                             f"grid (1..{cells}); lower --attentive-top-n or raise --attentive-extractor-size")
+            raise OptionError('top_n', f"attentive: top_n={self.top_n} is out of range for the extractor's "
+                                       f"{grid[0]}x{grid[1]} grid (1..{cells}) at extractor_size={self.extractor_size}; "
+                                       f"lower --attentive-top-n to {cells} or less, or raise "
+                                       f"--attentive-extractor-size until the grid has {self.top_n} cells")
 
-    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor] = None, *,
+                      check_top_n: bool = True) -> torch.Tensor:
         """(N, g_h, g_w) float32 cell scores of the normalised batch ``x``: the reduced extractor feature map
-        (``labels`` are not used)."""
+        (``labels`` are not used). The batch reaches the extractor in the extractor's own dtype (float32 for a
+        float16/bfloat16 extractor outside autocast too)."""
+        if self._in_chans is not None and x.shape[1] != self._in_chans:
+            raise ValueError(f"attentive: x has {x.shape[1]} channel(s), but the extractor {self.extractor_name!r} "
+                             f"takes {self._in_chans}; give it {self._in_chans}-channel images (e.g. grayscale "
+                             "repeated to RGB) or an extractor built for them")
         if self._device != x.device:
             self._move_to(x.device)
         size = (self.extractor_size, self.extractor_size)
@@ -182,13 +235,17 @@ class AttentiveCutMix(MixMode):
             xe = F.interpolate(xe, size=size, mode='bilinear', align_corners=False, antialias=True)
         if self._renormalise:
             xe = normalize(denormalize(xe, self.mean, self.std), self.extractor_mean, self.extractor_std)
+        xe = xe.to(self._dtype)
         with torch.no_grad(), self.amp_autocast():
             try:
                 features = spatial_features(self.extractor, xe)
+            except ForwardError:
+                raise
             except ValueError as e:
-                raise ValueError(f"attentive: extractor {self.extractor_name!r}: {e}") from e
+                raise ValueError(f"attentive: extractor {self.extractor_name!r}: {e}") from None
         maps = reduce_channels(features, self.reduce)
-        self._check_top_n(tuple(maps.shape[-2:]))
+        if check_top_n:
+            self._check_top_n(tuple(maps.shape[-2:]))
         return maps
 
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> AttentiveParams:
