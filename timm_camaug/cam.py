@@ -29,12 +29,23 @@ from .model_state import cam_forward_mode, unwrap_model
 
 __all__ = [
     'CAM_METHODS', 'FEATURES', 'TargetLayer', 'LayerMaps', 'class_activation_maps', 'layer_maps',
-    'resolve_target_layer', 'upsample_maps', 'pool_linear_classifier',
+    'resolve_target_layer', 'upsample_maps', 'pool_linear_classifier', 'TargetLayerError', 'CamMethodError',
 ]
 
 GRADIENT_METHODS = ('gradcam', 'gradcam++', 'xgradcam', 'layercam', 'hirescam')
 CAM_METHODS = ('auto', 'cam') + GRADIENT_METHODS + ('eigencam',)
 FEATURES = 'features'  # the target-layer name of the model's final feature map (``forward_features`` output)
+
+
+
+class TargetLayerError(ValueError):
+    """The target layer cannot give a CAM: no module of that name, no spatial output, not called in the
+    forward, or the class score does not depend on it."""
+
+
+class CamMethodError(ValueError):
+    """The CAM method cannot run on this model at this layer (``'cam'`` without a pool + linear head)."""
+
 
 TargetArg = Union[None, int, torch.Tensor, Sequence[int]]
 LayerArg = Union[None, str, nn.Module]
@@ -141,7 +152,7 @@ def layer_maps(
         if clf is not None:
             method = 'cam'
         elif method == 'cam':
-            raise ValueError(
+            raise CamMethodError(
                 f"method='cam' needs the final feature map and a global-average-pool + linear head; "
                 f"{type(model).__name__} with target layer {layer.name!r} has neither "
                 f"(use method='gradcam', or 'auto' to pick the cheapest exact route)")
@@ -168,7 +179,7 @@ def resolve_target_layer(model: nn.Module, target_layer: LayerArg = None) -> Tar
         for name, m in model.named_modules():
             if m is target_layer:
                 return _layer_for_module(model, name or type(m).__name__, m, npt, out_fmt)
-        raise ValueError(f"target_layer {type(target_layer).__name__} is not a submodule of {type(model).__name__}")
+        raise TargetLayerError(f"target_layer {type(target_layer).__name__} is not a submodule of {type(model).__name__}")
     if target_layer is None:
         if _is_token_model(model):
             last = model.blocks[-1]
@@ -178,14 +189,14 @@ def resolve_target_layer(model: nn.Module, target_layer: LayerArg = None) -> Tar
             return TargetLayer(f'blocks.{idx}', last, 'tokens', npt)
         target_layer = FEATURES
         if not (hasattr(model, 'forward_features') and hasattr(model, 'forward_head')):
-            raise ValueError(
+            raise TargetLayerError(
                 f"cannot choose a default target layer for {type(model).__name__} (it has no forward_features/"
                 f"forward_head): pass target_layer= the name of its last spatial layer")
     if not isinstance(target_layer, str):
         raise TypeError(f"target_layer must be a module, a module name or None, got {type(target_layer).__name__}")
     if target_layer == FEATURES:
         if not (hasattr(model, 'forward_features') and hasattr(model, 'forward_head')):
-            raise ValueError("target_layer='features' needs a timm model with forward_features/forward_head")
+            raise TargetLayerError("target_layer='features' needs a timm model with forward_features/forward_head")
         return TargetLayer(FEATURES, None, 'NHWC' if out_fmt == 'NHWC' else 'NCHW', npt)
     module = _get_submodule(model, target_layer)
     return _layer_for_module(model, target_layer, module, npt, out_fmt)
@@ -285,7 +296,7 @@ def _get_submodule(model: nn.Module, name: str) -> nn.Module:
             names = [n for n, _ in model.named_modules() if n]
             close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
             hint = f"; close names: {', '.join(close)}" if close else ''
-            raise ValueError(f"no module named {name!r} in {type(model).__name__}{hint}")
+            raise TargetLayerError(f"no module named {name!r} in {type(model).__name__}{hint}")
         m = nxt
     return m
 
@@ -322,7 +333,7 @@ def _first_tensor(out):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    raise ValueError(f"the target layer returned {type(out).__name__}, not a tensor")
+    raise TargetLayerError(f"the target layer returned {type(out).__name__}, not a tensor")
 
 
 def _to_nchw(act: torch.Tensor, layer: TargetLayer, model: nn.Module, input_hw: Tuple[int, int]) -> torch.Tensor:
@@ -332,7 +343,7 @@ def _to_nchw(act: torch.Tensor, layer: TargetLayer, model: nn.Module, input_hw: 
         tokens = act[:, layer.num_prefix_tokens:]
         h, w = _token_grid(model, tokens.shape[1], input_hw)
         return tokens.reshape(act.shape[0], h, w, act.shape[2]).permute(0, 3, 1, 2)
-    raise ValueError(
+    raise TargetLayerError(
         f"{type(model).__name__} has no spatial feature map at target layer {layer.name!r}: "
         f"its output has shape {tuple(act.shape)}")
 
@@ -350,7 +361,7 @@ def _token_grid(model: nn.Module, num_tokens: int, input_hw: Tuple[int, int]) ->
     side = int(round(num_tokens ** 0.5))
     if side * side == num_tokens:
         return side, side
-    raise ValueError(f"cannot arrange {num_tokens} tokens of {type(model).__name__} on a patch grid")
+    raise TargetLayerError(f"cannot arrange {num_tokens} tokens of {type(model).__name__} on a patch grid")
 
 
 def _logits(out) -> torch.Tensor:
@@ -379,7 +390,7 @@ def _final_features_maps(model, x, target, checked, method, layer, feature_relu,
     feats = _first_tensor(model.forward_features(x))
     hw = tuple(x.shape[-2:])
     if feats.ndim == 2:
-        raise ValueError(
+        raise TargetLayerError(
             f"{type(model).__name__} has no spatial feature map: forward_features returned shape {tuple(feats.shape)}")
     if method == 'cam':
         clf = model.get_classifier()
@@ -447,7 +458,7 @@ def _hooked_layer_maps(model, x, target, checked, method, layer, stack: ExitStac
     if not aag.activations:
         children = [n for n, _ in layer.module.named_children()]
         hint = f", e.g. '{layer.name}.{children[-1]}'" if children else ''
-        raise ValueError(
+        raise TargetLayerError(
             f"target layer {layer.name!r} was not called in the forward of {type(model).__name__}, so its output "
             f"cannot be read (gradient checkpointing that runs a stage's blocks directly skips the stage's own "
             f"forward: turn it off, or name a module that is called{hint})")
@@ -459,7 +470,7 @@ def _hooked_layer_maps(model, x, target, checked, method, layer, stack: ExitStac
     try:
         (grad,) = torch.autograd.grad(_class_score(logits, t), act)
     except RuntimeError as e:
-        raise ValueError(f"the class score does not depend on target layer {layer.name!r}: {e}") from None
+        raise TargetLayerError(f"the class score does not depend on target layer {layer.name!r}: {e}") from None
     a = _to_nchw(act.detach(), layer, model, hw)
     g = _to_nchw(grad, layer, model, hw)
     return LayerMaps(_gradient_maps(method, a, g), t, logits.detach(), method, layer)

@@ -1,19 +1,24 @@
 """ What the modes guided by the CAM of the model under training share (SnapMix, Gutout, CAM-erase). """
 import argparse
+import logging
 from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cam import CAM_METHODS, FEATURES, layer_maps, pool_linear_classifier, resolve_target_layer, upsample_maps
+from ..cam import (CAM_METHODS, FEATURES, CamMethodError, TargetLayerError, layer_maps, pool_linear_classifier,
+                   resolve_target_layer, upsample_maps)
 from ..model_state import BN_MODES, unwrap_model
 from .base import MixMode
-from .options import Option, fraction, is_finite_number, optional_str, require
+from .options import Option, OptionError, fraction, is_finite_number, optional_str, require
 
-__all__ = ['CamGuidedMode', 'normalise_max', 'normalise_min_max', 'UPSAMPLING']
+__all__ = ['CamGuidedMode', 'DegenerateMaps', 'normalise_max', 'normalise_min_max', 'UPSAMPLING']
+
+_logger = logging.getLogger(__name__)
 
 UPSAMPLING = ('bilinear', 'nearest')
+_BN_SINGLE_VALUE = 'Expected more than 1 value per channel when training'
 
 
 class CamGuidedMode(MixMode):
@@ -62,7 +67,14 @@ class CamGuidedMode(MixMode):
                              f"{self.num_classes}: labels >= {model_classes} have no class score to take a CAM of")
         # labels are range-checked once per call against num_classes; the CAM engine need not check them again
         self._cam_checks_target = not isinstance(model_classes, int)
-        resolve_target_layer(self.model, cam_layer)   # unknown layer names fail here, with close names
+        self._degenerate = DegenerateMaps()
+        self._probing = False
+        try:    # unknown layer names fail here, with close names
+            self.cam_layer_name = resolve_target_layer(self.model, cam_layer).name
+        except TargetLayerError as e:
+            raise self._layer_error(e) from None
+        if self.cam_method == 'cam' and not self._has_closed_form():
+            raise self._method_error()
         if check_model:
             self._check_model()
 
@@ -91,13 +103,15 @@ class CamGuidedMode(MixMode):
 
     def probe_input_size(self) -> Tuple[int, ...]:
         """(C, H, W) of the start-up probe: the data config's input size, else the model's own (its patch
-        embedding's ``img_size``, else its pretrained config's), else 224 px."""
+        embedding's ``img_size``, ViT's ``patch_embed`` or MLP-Mixer's ``stem``, else its pretrained config's),
+        else 224 px."""
         size = (self.data_config or {}).get('input_size')
         if size:
             return tuple(int(s) for s in size)
         cfg = getattr(self.model, 'pretrained_cfg', None) or {}
         chans = int((cfg.get('input_size') or (3,))[0])
-        img = getattr(getattr(self.model, 'patch_embed', None), 'img_size', None)
+        img = next((getattr(m, 'img_size', None) for m in self.model.modules()
+                    if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')), None)
         if img is not None:
             img = tuple(img) if isinstance(img, (tuple, list)) else (img, img)
             return (chans,) + tuple(int(s) for s in img)
@@ -106,12 +120,24 @@ class CamGuidedMode(MixMode):
         return chans, 224, 224
 
     def _check_model(self) -> None:
+        """One CAM of two seeded noise images at the probe size: a model, layer or method the mode cannot use
+        fails here, and a guidance map that is constant for both images is reported once (see
+        :class:`DegenerateMaps`)."""
         size = self.probe_input_size()
         p = next(self.model.parameters(), None)
         dev = p.device if p is not None else (self.device or torch.device('cpu'))
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
-        # two blank images: BatchNorm in batch-statistics mode needs more than one value per channel
-        x = torch.zeros((2,) + size, device=dev, dtype=dtype)
+        conv = _first_conv(self.model)
+        if conv is not None and size[0] != conv[1].in_channels:
+            raise ValueError(
+                f"{self.name}: the input size {tuple(size)} (data_config's input_size, else the model's own) has "
+                f"{size[0]} channel(s), but {type(self.model).__name__}'s first convolution ({conv[0]!r}) takes "
+                f"{conv[1].in_channels}; pass data_config with the model's channel count (train.py: --in-chans)")
+        # two images, as BatchNorm in batch-statistics mode needs more than one value per channel; noise from a
+        # generator of its own (the global random state is not touched), so that a map that is constant for
+        # both images says something about the model, not about a blank input
+        x = torch.randn((2,) + size, generator=torch.Generator().manual_seed(0)).to(device=dev, dtype=dtype)
+        self._probing = True
         try:
             self.guidance_maps(x, torch.zeros(2, dtype=torch.long, device=dev))
         except AssertionError as e:     # timm's patch embeddings assert their input size
@@ -119,6 +145,70 @@ class CamGuidedMode(MixMode):
                 f"{self.name}: {type(self.model).__name__} cannot take {size[-2]}x{size[-1]} inputs ({e}); build the "
                 f"model for the training size (timm.create_model(..., img_size=...); train.py: --model-kwargs "
                 f"img_size=<size>) or pass data_config with that input_size") from None
+        finally:
+            self._probing = False
+        self._report_degenerate(startup=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._report_degenerate()     # the epoch that ended; on an accelerator the count is read here, once
+        super().set_epoch(epoch)
+
+    # --- errors in the words of the options
+
+    def _option_error(self, option: str, problem: str, fix: str) -> OptionError:
+        return OptionError(option, f"{self.name}: {option}={getattr(self, option)!r}: {problem}; {fix}")
+
+    def _flag(self, option: str) -> str:
+        return f"--{self.name}-{option.replace('_', '-')}"
+
+    def _layer_error(self, e: Exception) -> OptionError:
+        if self.cam_layer is None:
+            fix = (f"name the model's last spatial layer with cam_layer=NAME (train.py: {self._flag('cam_layer')} "
+                   "NAME)")
+        else:
+            fix = (f"name a module with a spatial (N, C, h, w) or patch-token output (train.py: "
+                   f"{self._flag('cam_layer')} NAME), or leave cam_layer unset for the model's final feature map")
+        return self._option_error('cam_layer', str(e), fix)
+
+    def _method_error(self) -> OptionError:
+        if self.cam_layer in (None, FEATURES):
+            problem = (f"the closed-form CAM needs a global-average-pool + linear head after the final feature map, "
+                       f"and {type(self.model).__name__}'s head is not one")
+        else:
+            problem = f"the closed-form CAM exists only at the final feature map, not at cam_layer={self.cam_layer!r}"
+        return self._option_error(
+            'cam_method', problem,
+            f"use cam_method='auto' (the same map where the head allows it, Grad-CAM otherwise) or 'gradcam' "
+            f"(train.py: {self._flag('cam_method')} auto)")
+
+    def _input_error(self, x: torch.Tensor, e: Exception) -> Optional[Exception]:
+        """A clear error for a CAM forward that failed on ``x`` because of the batch, or None."""
+        text = str(e)
+        if isinstance(e, ValueError) and text.startswith(_BN_SINGLE_VALUE) and self.cam_bn == 'batch':
+            got = text[len(_BN_SINGLE_VALUE):].strip(' ,')
+            return self._option_error(
+                'cam_bn', f"BatchNorm cannot take batch statistics of a batch of {x.shape[0]} at "
+                          f"{x.shape[-2]}x{x.shape[-1]} px, where a feature map has one value per channel ({got})",
+                f"use cam_bn='eval' (train.py: {self._flag('cam_bn')} eval), or batches of 2 or more images")
+        if not isinstance(e, RuntimeError):
+            return None
+        conv = _first_conv(self.model)
+        if conv is not None and x.shape[1] != conv[1].in_channels:
+            return ValueError(
+                f"{self.name}: x has {x.shape[1]} channel(s), but {type(self.model).__name__}'s first convolution "
+                f"({conv[0]!r}) takes {conv[1].in_channels}; give the model {conv[1].in_channels}-channel images "
+                f"(e.g. grayscale repeated to RGB) or build it for {x.shape[1]} (timm.create_model(..., "
+                f"in_chans={x.shape[1]}); train.py: --in-chans {x.shape[1]})")
+        p = next((q for q in self.model.parameters() if q.is_floating_point()), None)
+        if p is not None and x.dtype != p.dtype:
+            xd, pd = str(x.dtype).replace('torch.', ''), str(p.dtype).replace('torch.', '')
+            if x.dtype == torch.float64:
+                fix = f"cast the batch (x.to(torch.{pd})) or the model to one dtype (autocast leaves float64 as it is)"
+            else:
+                fix = (f"run the mode under autocast (amp_autocast=...; train.py does with --amp), or cast the batch "
+                       f"(x.to(torch.{pd})) or the model to one dtype")
+            return ValueError(f"{self.name}: x is {xd} but the model's parameters are {pd}; {fix}")
+        return None
 
     def guidance_maps(self, x: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
         """(N, H, W) maps the mode is guided by (raw CAM here; modes refine it)."""
@@ -135,14 +225,108 @@ class CamGuidedMode(MixMode):
             with torch.autocast(x.device.type, enabled=False):
                 xs = F.interpolate(x.float(), size=size, mode='bilinear', align_corners=False,
                                    antialias=True).to(x.dtype)
-        with self.amp_autocast():
-            lm = layer_maps(self.model, xs, labels, method=method or self.cam_method, target_layer=self.cam_layer,
-                            bn=self.cam_bn, check_target=self._cam_checks_target, **kw)
+        try:
+            with self.amp_autocast():
+                lm = layer_maps(self.model, xs, labels, method=method or self.cam_method,
+                                target_layer=self.cam_layer, bn=self.cam_bn, check_target=self._cam_checks_target,
+                                **kw)
+        except TargetLayerError as e:
+            raise self._layer_error(e) from None
+        except CamMethodError:
+            raise self._method_error() from None
+        except (RuntimeError, ValueError) as e:
+            clear = self._input_error(xs, e)
+            if clear is None:
+                raise
+            raise clear from None
+        if not self._degenerate.reported:
+            self._degenerate.add(lm.maps, tuple(xs.shape[-2:]))
+            if self._degenerate.on_host and not self._probing:
+                self._report_degenerate()
         maps = lm.maps.clamp_min(0) if relu else lm.maps
         return upsample_maps(maps, x.shape[-2:], upsample)
 
+    def _report_degenerate(self, startup: bool = False) -> None:
+        """Warn once when most guidance maps counted since the last report were constant."""
+        constant, seen = self._degenerate.take()
+        if not seen or constant * 2 < seen or self._degenerate.reported:
+            return
+        self._degenerate.reported = True
+        model = type(self.model).__name__
+        grid = self._degenerate.grid
+        if grid == (1, 1):
+            _logger.warning(
+                f"{self.name}: the CAM of {model} at layer {self.cam_layer_name!r} is a 1x1 grid at "
+                f"{'x'.join(map(str, self._degenerate.input_hw))} px, one value per image, so it guides nothing: the "
+                f"mode mixes as if it had no map; train on larger images, or name an earlier layer with a finer "
+                f"grid (cam_layer=NAME; train.py: {self._flag('cam_layer')} NAME)")
+            return
+        if startup:
+            what = f"for both noise images of the start-up probe at {'x'.join(map(str, self.probe_input_size()[1:]))} px"
+        else:
+            what = f"for {constant} of the last {seen} images (epoch {self.epoch})"
+        clf = self.model.get_classifier() if hasattr(self.model, 'get_classifier') else None
+        if isinstance(clf, nn.Linear) and not bool(clf.weight.detach().any()):
+            advice = (f"its classifier is all zeros (timm initialises this model's head so), so the maps appear "
+                      f"only once the head has trained; start from pretrained weights (train.py: --pretrained), or "
+                      f"use cam_method='eigencam' (train.py: {self._flag('cam_method')} eigencam), which needs no "
+                      "classifier")
+        else:
+            default = resolve_target_layer(self.model, None).name
+            other = (f"; the default layer is {default!r} (leave cam_layer unset)"
+                     if self.cam_layer not in (None, default) else '')
+            advice = (f"try another layer (cam_layer=NAME; train.py: {self._flag('cam_layer')} NAME{other}), or "
+                      f"cam_method='eigencam' (train.py: {self._flag('cam_method')} eigencam)")
+        _logger.warning(
+            f"{self.name}: the CAM of {model} at layer {self.cam_layer_name!r} (cam_method={self.cam_method!r}) is "
+            f"constant {what}: a constant map guides nothing (the mode then mixes as if it had no map); {advice}")
+
     def _has_closed_form(self) -> bool:
         return self.cam_layer in (None, FEATURES) and pool_linear_classifier(self.model) is not None
+
+
+def _first_conv(model: nn.Module) -> Optional[Tuple[str, nn.Conv2d]]:
+    """(name, module) of the model's first 2-D convolution (its stem or patch embedding), or None."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+class DegenerateMaps:
+    """Counts guidance maps that are constant (all zero, or one value everywhere) without a host-device sync.
+
+    ``add`` queues the count on the maps' device; ``take`` reads it back (a sync on an accelerator: callers take
+    it at the start of an epoch there, and after every call on the CPU, where reading costs nothing) and
+    starts a new count. A constant map guides nothing: SnapMix's label weights fall back to area ratios,
+    Gutout cuts nothing.
+    """
+
+    def __init__(self):
+        self._constant: Optional[torch.Tensor] = None     # 0-d int64 on the maps' device
+        self.seen = 0
+        self.reported = False
+        self.grid: Tuple[int, ...] = ()          # the (h, w) of the maps last counted, and of their input
+        self.input_hw: Tuple[int, ...] = ()
+
+    @property
+    def on_host(self) -> bool:
+        return self._constant is None or self._constant.device.type == 'cpu'
+
+    def add(self, maps: torch.Tensor, input_hw: Tuple[int, ...] = ()) -> None:
+        self.grid, self.input_hw = tuple(maps.shape[-2:]), tuple(input_hw)
+        flat = maps.detach().flatten(1).float()
+        span = flat.amax(1) - flat.amin(1)
+        constant = (~(span > 1e-6 * flat.abs().amax(1))).sum()      # NaN spans count as constant too
+        if self._constant is not None and self._constant.device == constant.device:
+            constant = constant + self._constant
+        elif self._constant is not None:      # the batches moved to another device: count afresh there
+            self.seen = 0
+        self._constant = constant
+        self.seen += int(flat.shape[0])
+
+    def take(self) -> Tuple[int, int]:
+        """(constant maps, maps) since the last take."""
+        constant, seen = self._constant, self.seen
+        self._constant, self.seen = None, 0
+        return (0 if constant is None else int(constant)), seen
 
 
 def normalise_max(maps: torch.Tensor) -> torch.Tensor:
