@@ -63,6 +63,7 @@ def main():
 
 
 def train_one_epoch(epoch, args, mixup_fn=None, device='cpu'):
+    update_sample_count = 0
     for input, target in []:
         if not args.prefetcher:
             input, target = input.to(device=device), target.to(device=device)
@@ -70,6 +71,8 @@ def train_one_epoch(epoch, args, mixup_fn=None, device='cpu'):
                 input, target = mixup_fn(input, target)
         if getattr(args, 'channels_last', False):
             input = input.contiguous()
+        global_batch_size = input.shape[0]
+        update_sample_count += global_batch_size
 
 
 def validate(args, loader=()):

@@ -23,7 +23,8 @@ comment so that ``--check`` and ``--revert`` find them exactly:
 The file is rewritten whole (temporary file + rename) only after the edited text compiles and reverts
 to the original byte for byte; nothing is written when any anchor is missing. A file that cannot be read or
 written (permissions, a read-only or full disk) is a PatchError naming the file and the reason, and leaves
-the file as it was.
+the file as it was. A UTF-8 byte-order mark at the start (Python runs such a file) is kept as it is. A train.py
+older than v1.0.20 (by its checkout's ``timm/version.py``, or by its text) is patched with a warning.
 """
 import argparse
 import difflib
@@ -37,7 +38,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = [
     'MARKER', 'PARTS', 'PatchError', 'PartStatus', 'inspect_text', 'patch_text', 'revert_text', 'resolve_train_py',
-    'patch_file', 'revert_file', 'unified_diff', 'checkout_version', 'version_warning', 'register', 'run',
+    'patch_file', 'revert_file', 'unified_diff', 'checkout_version', 'version_warning', 'backup_path',
+    'BACKUP_SUFFIXES', 'OLDEST_RELEASE', 'register', 'run',
 ]
 
 MARKER = '# timm-camaug'
@@ -55,6 +57,7 @@ class PatchError(ValueError):
 class _Line:
     text: str       # without the line ending
     eol: str        # '\n', '\r\n' or '' (last line without newline)
+    number: int = 0     # 1-based line number in the text as read (0: a line the patch inserted)
 
     @property
     def indent(self) -> str:
@@ -71,10 +74,15 @@ class _Line:
 
 def _split(text: str) -> List[_Line]:
     lines = []
-    for piece in re.findall(r'[^\n]*\n|[^\n]+$', text):
+    for number, piece in enumerate(re.findall(r'[^\n]*\n|[^\n]+$', text), 1):
         eol = '\r\n' if piece.endswith('\r\n') else '\n' if piece.endswith('\n') else ''
-        lines.append(_Line(piece[:len(piece) - len(eol)], eol))
+        lines.append(_Line(piece[:len(piece) - len(eol)], eol, number))
     return lines
+
+
+def _retext(line: _Line, text: str) -> _Line:
+    """``line`` with new text (its line ending and its number kept)."""
+    return _Line(text, line.eol, line.number)
 
 
 def _join(lines: Sequence[_Line]) -> str:
@@ -148,12 +156,12 @@ def _p2_find_applied(lines):
 
 def _p2_apply(lines, i):
     m = _P2_RE.match(lines[i].text)
-    lines[i] = _Line(m.group(1) + _P2_INSERT + m.group(2) + _SUFFIX, lines[i].eol)
+    lines[i] = _retext(lines[i], m.group(1) + _P2_INSERT + m.group(2) + _SUFFIX)
 
 
 def _p2_revert(lines, i):
     m = _P2_APPLIED_RE.match(lines[i].text)
-    lines[i] = _Line(m.group(1) + m.group(2), lines[i].eol)
+    lines[i] = _retext(lines[i], m.group(1) + m.group(2))
 
 
 # part 3: the mix function, once the model is final
@@ -245,8 +253,8 @@ def _p4_apply(lines, i):
     head = _block_head(lines, i)
     base = lines[head].indent
     inner = lines[i + 1].indent[len(lines[i].indent):]
-    lines[i] = _Line(base + _P4_LINES[0] + _SUFFIX, lines[i].eol)
-    lines[i + 1] = _Line(base + inner + _P4_LINES[1] + _SUFFIX, lines[i + 1].eol)
+    lines[i] = _retext(lines[i], base + _P4_LINES[0] + _SUFFIX)
+    lines[i + 1] = _retext(lines[i + 1], base + inner + _P4_LINES[1] + _SUFFIX)
 
 
 def _p4_revert(lines, i):
@@ -255,8 +263,8 @@ def _p4_revert(lines, i):
         j -= 1
     body = lines[_next_code(lines, j)].indent     # the prefetcher block's own indent
     inner = lines[i + 1].indent[len(lines[i].indent):]
-    lines[i] = _Line(body + _P4_LINES[0], lines[i].eol)
-    lines[i + 1] = _Line(body + inner + _P4_LINES[1], lines[i + 1].eol)
+    lines[i] = _retext(lines[i], body + _P4_LINES[0])
+    lines[i + 1] = _retext(lines[i + 1], body + inner + _P4_LINES[1])
 
 
 # part 5: set_epoch before each train_one_epoch call
@@ -346,11 +354,11 @@ def _p7_find_applied(lines):
 
 
 def _p7_apply(lines, i):
-    lines[i] = _Line(lines[i].indent + _P7_NEW + _SUFFIX, lines[i].eol)
+    lines[i] = _retext(lines[i], lines[i].indent + _P7_NEW + _SUFFIX)
 
 
 def _p7_revert(lines, i):
-    lines[i] = _Line(lines[i].indent + _P7_HEAD, lines[i].eol)
+    lines[i] = _retext(lines[i], lines[i].indent + _P7_HEAD)
 
 
 PARTS: Tuple[_Part, ...] = (
@@ -406,9 +414,18 @@ def _status(lines: List[_Line]) -> List[PartStatus]:
     return out
 
 
+_BOM = '\ufeff'
+
+
+def _without_bom(text: str) -> Tuple[str, str]:
+    """(byte-order mark or '', the rest): Python runs a UTF-8 file that starts with a BOM, but ``compile`` of
+    the decoded text does not take it, so the patch works on the rest and puts the mark back."""
+    return (_BOM, text[1:]) if text.startswith(_BOM) else ('', text)
+
+
 def inspect_text(text: str) -> List[PartStatus]:
     """The state of each part in the text of a train.py."""
-    return _status(_split(text))
+    return _status(_split(_without_bom(text)[1]))
 
 
 def _check_recognised(statuses: List[PartStatus], name: str) -> None:
@@ -442,7 +459,7 @@ def _revert_lines(lines: List[_Line], name: str) -> List[_Line]:
     for part in reversed(PARTS):
         for i in sorted(part.find_applied(lines), reverse=True):
             part.revert(lines, i)
-    left = [i + 1 for i, ln in enumerate(lines) if MARKER in ln.text]
+    left = [ln.number for ln in lines if MARKER in ln.text]     # numbered as in the file, not after the removals
     if left:
         raise PatchError(f"{name}: line(s) {', '.join(map(str, left))} carry the {MARKER!r} mark but are not one of "
                          "the patch's lines (edited by hand?); remove them by hand. The file was not changed.")
@@ -451,6 +468,11 @@ def _revert_lines(lines: List[_Line], name: str) -> List[_Line]:
 
 def patch_text(text: str, name: str = 'train.py') -> str:
     """The patched text of a stock train.py; PatchError when an anchor is missing or the file is partly patched."""
+    bom, text = _without_bom(text)
+    return bom + _patch_text(text, name)
+
+
+def _patch_text(text: str, name: str) -> str:
     lines = _split(text)
     statuses = _status(lines)
     _check_recognised(statuses, name)
@@ -474,10 +496,11 @@ def patch_text(text: str, name: str = 'train.py') -> str:
 
 def revert_text(text: str, name: str = 'train.py') -> str:
     """The text without any of the patch's lines (the original, byte for byte, for an unedited patched file)."""
+    bom, text = _without_bom(text)
     reverted = _join(_revert_lines(_split(text), name))
     if reverted != text:
         _compile(reverted, name, 'reverted')
-    return reverted
+    return bom + reverted
 
 
 def unified_diff(before: str, after: str, name: str = 'train.py') -> str:
@@ -558,40 +581,81 @@ def _installed_timm() -> Optional[str]:
         return None
 
 
-def version_warning(p: Path) -> Optional[str]:
-    """A warning when the checkout's timm release differs from the installed one (never a refusal)."""
+OLDEST_RELEASE = (1, 0, 20)      # the oldest timm release whose train.py the patch is tested on
+# a line every train.py from v1.0.20 to main has and older ones do not (samples per update counted globally)
+_SINCE_OLDEST = re.compile(r'^\s*update_sample_count\s*\+=\s*global_batch_size\b', re.M)
+
+
+def _release(version: str) -> Optional[Tuple[int, int, int]]:
+    m = re.match(r'(\d+)\.(\d+)\.(\d+)', version or '')
+    return tuple(int(g) for g in m.groups()) if m else None
+
+
+def version_warning(p: Path, text: Optional[str] = None) -> Optional[str]:
+    """Warnings (never a refusal) when the checkout's timm release differs from the installed one, and when
+    train.py is older than the oldest release the patch is tested on: by the checkout's ``timm/version.py``,
+    or for a train.py outside a checkout by its ``text`` (a line every train.py from v1.0.20 on has)."""
     ours, installed = checkout_version(p), _installed_timm()
+    warnings = []
     if ours and installed and ours != installed:
-        return (f"warning: {p} belongs to timm {ours} but timm {installed} is installed; the patch matched by "
-                "anchor text, not by release. Run as a script (python train.py, torchrun train.py), train.py (and "
-                f"timm-camaug inside it) imports the timm/ package beside it, i.e. timm {ours}, from whatever "
-                "directory it is started, because Python puts the script's directory first on sys.path; the "
-                "installed timm is not used.")
-    return None
+        warnings.append(
+            f"warning: {p} belongs to timm {ours} but timm {installed} is installed; the patch matched by "
+            "anchor text, not by release. Run as a script (python train.py, torchrun train.py), train.py (and "
+            f"timm-camaug inside it) imports the timm/ package beside it, i.e. timm {ours}, from whatever "
+            "directory it is started, because Python puts the script's directory first on sys.path; the "
+            "installed timm is not used.")
+    oldest = 'v' + '.'.join(map(str, OLDEST_RELEASE))
+    tested = f"the patch is tested on the train.py of timm {oldest} to the current main branch only"
+    if ours and _release(ours) is not None and _release(ours) < OLDEST_RELEASE:
+        warnings.append(f"warning: {p} belongs to timm {ours}, older than {oldest}: {tested}; use a newer checkout "
+                        f"(git checkout {oldest} or later)")
+    elif not ours and text is not None and not _SINCE_OLDEST.search(_without_bom(text)[1]):
+        source = ''
+        if installed and _release(installed) and re.fullmatch(r'\d+\.\d+\.\d+', installed):
+            source = (f" (timm {installed} is installed: https://github.com/huggingface/pytorch-image-models/blob/"
+                      f"v{installed}/train.py)")
+        warnings.append(
+            f"warning: {p} looks like the train.py of a timm release older than {oldest} (it lacks "
+            f"'update_sample_count += global_batch_size', which every train.py from {oldest} on has); {tested}: "
+            f"use the train.py of the timm release you run{source}")
+    return '\n'.join(warnings) or None
+
+
+BACKUP_SUFFIXES = {'patch': '.orig', 'revert': '.patched'}   # --backup: the file as it was before the command
+
+
+def backup_path(p: Path, action: str) -> Path:
+    """Where ``--backup`` keeps the file as it was before ``action`` ('patch': train.py.orig, the original;
+    'revert': train.py.patched, the patched file)."""
+    return p.with_name(p.name + BACKUP_SUFFIXES[action])
+
+
+def _replace(p: Path, old: str, new: str, backup: Optional[Path]) -> None:
+    """Write ``new`` over ``p`` (whose content is ``old``), keeping ``old`` at ``backup`` first when given."""
+    if backup is not None:
+        if backup.exists():
+            raise PatchError(f"{backup} exists already; move it away or run without --backup. Nothing was changed.")
+        try:
+            _write_new(backup, old)
+        except OSError as e:
+            raise PatchError(f"cannot write the backup {backup}: {_reason(e)}; {p} was not changed") from e
+    try:
+        _write_atomic(p, new)
+    except BaseException:
+        if backup is not None:     # train.py is unchanged: a backup left behind would block the next --backup
+            backup.unlink()
+        raise
 
 
 def patch_file(path, backup: bool = False) -> Tuple[Path, bool]:
-    """Patch a train.py (or a checkout's) in place; returns (file, changed)."""
+    """Patch a train.py (or a checkout's) in place; returns (file, changed). ``backup`` keeps the original as
+    train.py.orig (only when the file changes)."""
     p = resolve_train_py(path)
     text = _read(p)
     patched = patch_text(text, str(p))
     if patched == text:
         return p, False
-    orig = None
-    if backup:
-        orig = p.with_name(p.name + '.orig')
-        if orig.exists():
-            raise PatchError(f"{orig} exists already; move it away or patch without --backup. Nothing was changed.")
-        try:
-            _write_new(orig, text)
-        except OSError as e:
-            raise PatchError(f"cannot write the backup {orig}: {_reason(e)}; {p} was not changed") from e
-    try:
-        _write_atomic(p, patched)
-    except BaseException:
-        if orig is not None:      # train.py is unchanged: a backup left behind would block the next --backup
-            orig.unlink()
-        raise
+    _replace(p, text, patched, backup_path(p, 'patch') if backup else None)
     return p, True
 
 
@@ -607,14 +671,15 @@ def _write_new(p: Path, text: str) -> None:
             raise
 
 
-def revert_file(path) -> Tuple[Path, bool]:
-    """Remove the patch from a train.py in place; returns (file, changed)."""
+def revert_file(path, backup: bool = False) -> Tuple[Path, bool]:
+    """Remove the patch from a train.py in place; returns (file, changed). ``backup`` keeps the patched file as
+    train.py.patched (only when the file changes)."""
     p = resolve_train_py(path)
     text = _read(p)
     reverted = revert_text(text, str(p))
     if reverted == text:
         return p, False
-    _write_atomic(p, reverted)
+    _replace(p, text, reverted, backup_path(p, 'revert') if backup else None)
     return p, True
 
 
@@ -635,16 +700,25 @@ def register(subparsers) -> None:
     act.add_argument('--revert', action='store_true', help='remove the patch (restores the original byte for byte)')
     act.add_argument('--diff', action='store_true',
                      help='print the unified diff the patch makes (a/train.py, b/train.py) and change nothing')
-    p.add_argument('--backup', action='store_true', help='keep a copy of the original as train.py.orig')
+    p.add_argument('--backup', action='store_true',
+                   help='keep a copy of the file as it was before the change: train.py.orig when patching, '
+                        'train.py.patched with --revert (never overwritten; not with --check or --diff)')
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out, err = sys.stdout, sys.stderr
     try:
+        if args.backup and (args.check or args.diff):
+            raise PatchError(f"--backup keeps a copy of a file this command changes; --{'check' if args.check else 'diff'} "
+                             "changes nothing")
         p = resolve_train_py(args.path)
         if not args.revert:
-            warning = version_warning(p)
+            try:
+                text = _read(p)
+            except PatchError:
+                text = None           # the action below reports it
+            warning = version_warning(p, text)
             if warning:
                 print(warning, file=err)
         if args.check:
@@ -658,8 +732,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{p} is already patched; no diff to show", file=err)
             return 0
         if args.revert:
-            p, changed = revert_file(p)
-            print(f"reverted {p}" if changed else f"{p} is not patched; nothing to revert", file=out)
+            p, changed = revert_file(p, backup=args.backup)
+            kept = f" (the patched file is in {backup_path(p, 'revert').name})" if changed and args.backup else ''
+            print(f"reverted {p}{kept}" if changed else f"{p} is not patched; nothing to revert", file=out)
             return 0
         p, changed = patch_file(p, backup=args.backup)
         if changed:
