@@ -8,8 +8,9 @@ works on the batch (no CAM forward on a CutMix batch). The draw comes from the s
 ``make_params`` / ``apply`` replay a schedule exactly.
 
 ``cam_start_epoch``: until that epoch, a member guided by the model under training (its class attribute
-``guided_by_model``) is replaced by the rest of the schedule, since a model needs some training before its
-maps are worth following. A member's own warm-up (CAM-erase's plain random erasing before ``warmup_epochs``)
+``guided_by_model``) is replaced by the rest of the schedule (timm's Mixup; in a schedule written with
+``cutmix``/``mixup`` members, those, by their probabilities; no mixing when there is none), since a model needs
+some training before its maps are worth following. A member's own warm-up (CAM-erase's plain random erasing before ``warmup_epochs``)
 counts from epoch 0 as before, so it only shows after ``cam_start_epoch`` when it is longer.
 """
 import math
@@ -206,10 +207,23 @@ class Schedule(MixMode):
             index = int((self._cumulative <= u).sum())
         if index < len(self.members) and self.members[index][2].guided_by_model \
                 and self.epoch < self.cam_start_epoch:
-            index = len(self.members)       # the model is not ready to guide yet: the rest instead
+            index = self._rest_instead()    # the model is not ready to guide yet
         if index >= len(self.members) and self.rest is None:
             return -1
         return index
+
+    def _rest_instead(self) -> int:
+        """What a member guided by the model gives way to before ``cam_start_epoch``: timm's Mixup, i.e. the rest
+        of the schedule (train.py), or its timm members drawn by their probabilities (a schedule written
+        'snapmix:0.5+cutmix:0.5'); no mixing when there is neither."""
+        if self.rest is not None:
+            return len(self.members)
+        timm = [i for i, (_, p, m) in enumerate(self.members) if isinstance(m, TimmMixup) and p > 0]
+        if not timm:
+            return len(self.members)
+        weights = torch.tensor([self.members[i][1] for i in timm], dtype=torch.float64)
+        u = float(torch.rand((), generator=self.generator, dtype=torch.float64)) * float(weights.sum())
+        return timm[min(int((weights.cumsum(0) <= u).sum()), len(timm) - 1)]
 
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> ScheduleParams:
         index = self._draw()
