@@ -13,3 +13,19 @@ def mix_step(mix_fn, model, x, target):
 def no_grad_mix_step(mix_fn, model, x, target):
     with torch.no_grad():
         return mix_step(mix_fn, model, x, target)
+
+
+def finalize_without_trace(mix_fn, model, xm, target):
+    """``finalize`` after a forward that changes nothing in the model (eval mode, no grad, flags restored), for
+    tests that check a mix call leaves the model as it found it: modes that read the training forward need
+    one."""
+    if mix_fn.reads_training_forward:
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(xm)
+        finally:
+            for m, flag in flags:
+                m.training = flag
+    return mix_fn.finalize(target)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_same_state, fill_grads, state_snapshot
-from helpers import no_grad_mix_step
+from helpers import finalize_without_trace, no_grad_mix_step
 from timm_camaug import MIX_MODES, add_args, create_mix_fn, get_mode_class
 from timm_camaug.modes.cam_guided import CamGuidedMode
 from timm_camaug.targets import smooth_one_hot
@@ -150,14 +150,7 @@ def test_model_state_untouched(mode, extractor):
     mix = build(mode, model, extractor)
     for seed in range(3):
         xm, t = mix(*batch(seed=seed))
-        if mix.reads_training_forward:      # its hook reads the forward: one that leaves no trace, then finalize
-            flags = [(m, m.training) for m in model.modules()]
-            model.eval()
-            with torch.no_grad():
-                model(xm)
-            for m, flag in flags:
-                m.training = flag
-        mix.finalize(t)
+        finalize_without_trace(mix, model, xm, t)
     assert_same_state(before, state_snapshot(model))
     assert torch.is_grad_enabled()
 

@@ -11,9 +11,11 @@ import yaml
 from torch import nn
 
 from conftest import assert_same_state, fill_grads, state_snapshot
+from helpers import finalize_without_trace
+from timm.loss import SoftTargetCrossEntropy
 from timm_camaug import MIX_MODES, add_args, check_train_args, create_mix_fn, get_mode_class
 from timm_camaug.factory import option_dest
-from timm_camaug.train_glue import create_train_mix_fn, training_module
+from timm_camaug.train_glue import create_train_mix_fn, training_module, wrap_train_loss
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'configs').glob('*.yaml'))
@@ -84,8 +86,11 @@ def test_training_module_unwraps_every_train_py_wrapper():
 def test_create_train_mix_fn_builds_the_mode_on_the_plain_model(mode, resnet18_checkpoint):
     model = small_model()
     wrapped = torch.compile(_DDPLike(model), backend='eager')
-    mix_fn = create_train_mix_fn(train_args(mode, resnet18_checkpoint), wrapped,
-                                 data_config={'input_size': (3, 64, 64)}, device='cpu')
+    args = train_args(mode, resnet18_checkpoint)
+    loss_fn = wrap_train_loss(SoftTargetCrossEntropy(), args, wrapped)        # patch part 6, as train.py calls it
+    mix_fn = create_train_mix_fn(args, wrapped, data_config={'input_size': (3, 64, 64)}, device='cpu',
+                                 loss_fn=loss_fn)
+    assert loss_fn.mix_fn is mix_fn
     assert type(mix_fn) is get_mode_class(mode)
     assert mix_fn.num_classes == K and mix_fn.label_smoothing == 0.1
     if mix_fn.uses_model:
@@ -103,8 +108,9 @@ def test_accumulated_gradients_and_model_state_are_untouched(mode, amp, resnet18
     if amp:
         model = model.to(memory_format=torch.channels_last)
     extra = ('--cam-erase-warmup-epochs', '0') if mode == 'cam-erase' else ()
-    mix_fn = create_train_mix_fn(train_args(mode, resnet18_checkpoint, *extra), model,
-                                 data_config={'input_size': (3, 64, 64)}, amp_autocast=autocast, device='cpu')
+    args = train_args(mode, resnet18_checkpoint, *extra)
+    mix_fn = create_train_mix_fn(args, model, data_config={'input_size': (3, 64, 64)}, amp_autocast=autocast,
+                                 device='cpu', loss_fn=wrap_train_loss(SoftTargetCrossEntropy(), args, model))
     x, y = batch()
     model(x).sum().backward()           # a first micro-batch's gradients
     fill_grads(model)                   # ... made distinctive
@@ -114,6 +120,7 @@ def test_accumulated_gradients_and_model_state_are_untouched(mode, amp, resnet18
         if amp:
             x = x.contiguous(memory_format=torch.channels_last)
         xm, target = mix_fn(x, y)
+        target = finalize_without_trace(mix_fn, model, xm, target)
         assert xm.shape == x.shape and target.shape == (4, K) and torch.isfinite(target).all()
     assert_same_state(before, state_snapshot(model))
 
