@@ -135,7 +135,13 @@ def bench_modes(
     amp = (functools.partial(torch.autocast, device_type=dev.type, dtype=getattr(torch, amp_dtype))
            if amp_dtype else suppress)
     torch.manual_seed(0)
-    net = timm.create_model(model, num_classes=num_classes).to(dev).train()
+    net = timm.create_model(model, num_classes=num_classes)
+    embed = next((m for m in net.modules() if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')),
+                 None)
+    if embed is not None and tuple(embed.img_size) != (img_size, img_size):     # a ViT or MLP-Mixer: built for the
+        torch.manual_seed(0)                                                      # size, as --model-kwargs does
+        net = timm.create_model(model, num_classes=num_classes, img_size=img_size)
+    net = net.to(dev).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
@@ -174,8 +180,9 @@ def bench_modes(
             mix = create_mix_fn(mode, options=per_member, **common)
         fns[mode] = (_AroundTheForward(mix, net, amp, x, y, dev) if mix.reads_training_forward
                      else functools.partial(_call_and_finalize, mix, x, y))
-    cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
-    fns['timm Mixup (cutmix)'] = lambda: cutmix(x.clone(), y)
+    if batch_size % 2 == 0:     # timm's Mixup asserts an even batch
+        cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
+        fns['timm Mixup (cutmix)'] = lambda: cutmix(x.clone(), y)
 
     times = time_interleaved(fns, repeats, dev)
     for name, fn in fns.items():        # its own call + finalize, without the step's forward between them
@@ -209,7 +216,7 @@ def register(subparsers) -> None:
                         "or a comma-separated list of these (default: all)")
     p.add_argument('--model', default='resnet50', help='timm model name (default: resnet50)')
     p.add_argument('--img-size', type=int, default=224, help='square input size (default: 224)')
-    p.add_argument('--batch-size', type=int, default=16, help='batch size (default: 16)')
+    p.add_argument('-b', '--batch-size', type=int, default=16, help='batch size (default: 16)')
     p.add_argument('--num-classes', type=int, default=200, help='classes (default: 200)')
     p.add_argument('--device', default=None, help='torch device (default: cuda if available, else cpu)')
     p.add_argument('--amp', default=None, choices=('bfloat16', 'float16'), help='autocast dtype (default: off)')
@@ -223,6 +230,19 @@ def register(subparsers) -> None:
 
 def _fail(msg: str) -> SystemExit:
     return SystemExit(f"timm-camaug bench: {msg}")
+
+
+_BN_SINGLE_VALUE = 'Expected more than 1 value per channel when training'
+
+
+def _explained(e: BaseException, args: argparse.Namespace) -> str:
+    """An error of a bench run with what to change on the command line, where the cause is known."""
+    text = str(e) or type(e).__name__
+    if text.startswith(_BN_SINGLE_VALUE):
+        return (f"{text}: {args.model}'s BatchNorm takes the batch's statistics in a training step, and a batch of "
+                f"{args.batch_size} at {args.img_size} px leaves one value per channel in a feature map; use "
+                f"--batch-size 2 or more, or a larger --img-size")
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -242,6 +262,18 @@ def run(args: argparse.Namespace) -> int:
                         ('--num-classes', args.num_classes), ('--repeats', args.repeats)):
         if value < 1:
             raise _fail(f"{name} must be >= 1, got {value}")
+    import difflib
+
+    import timm
+    import torch
+    if not timm.is_model(args.model):
+        close = difflib.get_close_matches(args.model, timm.list_models(), n=5)
+        raise _fail(f"--model {args.model}: not a timm model" + (f"; close names: {', '.join(close)}" if close else ''))
+    if args.device is not None:
+        try:
+            torch.empty(1, device=args.device)
+        except (RuntimeError, AssertionError) as e:
+            raise _fail(f"--device {args.device} is not usable here: {e}") from None
     per_mode: Dict[str, List[str]] = {}
     for item in args.set:
         mode, sep, kv = item.partition(':')
@@ -255,8 +287,8 @@ def run(args: argparse.Namespace) -> int:
         results = bench_modes(modes, model=args.model, img_size=args.img_size, batch_size=args.batch_size,
                               num_classes=args.num_classes, device=args.device, amp_dtype=args.amp,
                               channels_last=args.channels_last, repeats=args.repeats, options=options)
-    except (ValueError, RuntimeError) as e:
-        raise _fail(str(e)) from None
+    except (ValueError, RuntimeError, AssertionError) as e:
+        raise _fail(_explained(e, args)) from None
     memory = any('peak_memory' in r for r in results.values())
     print(f"{machine()}\n{args.model}, {args.img_size} px, batch {args.batch_size}"
           f"{', ' + args.amp if args.amp else ''}{', channels-last' if args.channels_last else ''}: "
@@ -265,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     if straddling:
         print(f"{', '.join(straddling)}: the call plus finalize() after the training forward (the forward itself "
               "is the step's own and is not counted)")
+    if args.batch_size % 2:
+        print(f"timm's Mixup (cutmix) is not timed: it needs an even batch, not {args.batch_size}")
     print()
     header = f"{'call':<22} {'ms':>10} {'/ train step':>13}" + (f" {'extra peak memory':>18}" if memory else '')
     print(header)
