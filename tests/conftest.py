@@ -19,6 +19,29 @@ import torch  # noqa: E402
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'cuda: needs a CUDA device (benchmarks/gpu_check.sh runs these with -m cuda)')
+    from helpers import DEVICE_ENV, device_under_test
+    device = device_under_test()
+    if device.type != 'cpu':
+        try:
+            torch.empty(1, device=device)
+        except (RuntimeError, AssertionError) as e:
+            raise pytest.UsageError(f"{DEVICE_ENV}={os.environ[DEVICE_ENV]}: that device is not usable here ({e})")
+
+
+def pytest_report_header(config):
+    from helpers import DEVICE_ENV, device_under_test
+    return f"timm-camaug: shared mode tests on {device_under_test()} ({DEVICE_ENV})"
+
+
+@pytest.fixture
+def device():
+    """The device under test (``TIMM_CAMAUG_TEST_DEVICE``, default cpu)."""
+    from helpers import device_under_test
+    return device_under_test()
+
+
 def real_photo(name: str, size: int = 224) -> torch.Tensor:
     """A real photo from scikit-image's bundled data (no download), resized to (3, size, size) in [0, 1]."""
     skdata = pytest.importorskip('skimage.data', reason='scikit-image (test extra) provides the real photos')

@@ -1,5 +1,16 @@
 """ Test helpers shared by several test files (fixtures live in conftest.py). """
+import os
+
 import torch
+
+DEVICE_ENV = 'TIMM_CAMAUG_TEST_DEVICE'
+
+
+def device_under_test() -> torch.device:
+    """The device that the device-aware tests (the shared mode tests) run on: ``TIMM_CAMAUG_TEST_DEVICE``
+    (default ``cpu``; ``cuda`` on a GPU machine, as ``benchmarks/gpu_check.sh`` sets it). conftest refuses a
+    device this machine does not have, so a GPU run never passes on the CPU by mistake."""
+    return torch.device(os.environ.get(DEVICE_ENV) or 'cpu')
 
 
 def mix_step(mix_fn, model, x, target):

@@ -462,6 +462,7 @@ def test_download_failure_names_the_checkpoint_option(monkeypatch, no_downloads)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.cuda
 def test_extractor_moves_to_the_input_device_once():
     user_ext = ConvExtractor()
     mode = make_mode(extractor=user_ext, generator=torch.Generator().manual_seed(0))

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import assert_same_state, fill_grads, state_snapshot
-from helpers import finalize_without_trace, no_grad_mix_step
+from helpers import device_under_test, finalize_without_trace, no_grad_mix_step
 from timm_camaug import MIX_MODES, add_args, create_mix_fn, get_mode_class
 from timm_camaug.modes.cam_guided import CamGuidedMode
 from timm_camaug.targets import smooth_one_hot
 
 K = 6
+DEVICE = device_under_test()     # TIMM_CAMAUG_TEST_DEVICE: the models, batches and auxiliary networks live there
 # options that make a mode draw something random (gutout's default fixed threshold draws nothing)
 RANDOM_DRAWS = {'gutout': {'t_draw': 'sample'}}
 CAM_MODES = tuple(m for m in MIX_MODES if issubclass(get_mode_class(m), CamGuidedMode))
@@ -30,7 +31,7 @@ def _model():
     torch.manual_seed(0)
     model = timm.create_model('resnet18', num_classes=K, drop_rate=0.2)
     model.train()
-    return model
+    return model.to(DEVICE)
 
 
 def aux(mode, extractor):
@@ -45,12 +46,12 @@ def build(mode, model, extractor, seed=0, **kw):
     opts = {**aux(mode, extractor), **kw}
     opts.setdefault('prob', 1.0)
     return create_mix_fn(mode, model=model, num_classes=K, generator=torch.Generator().manual_seed(seed),
-                         data_config={'input_size': (3, 64, 64)}, **opts)
+                         data_config={'input_size': (3, 64, 64)}, device=DEVICE, **opts)
 
 
 def batch(n=6, h=64, w=64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, h, w, generator=g), torch.randint(0, K, (n,), generator=g)
+    return torch.randn(n, 3, h, w, generator=g).to(DEVICE), torch.randint(0, K, (n,), generator=g).to(DEVICE)
 
 
 @pytest.mark.parametrize('mode', MIX_MODES)
@@ -73,7 +74,7 @@ def test_shapes_and_targets(mode, smoothing, extractor):
     else:
         assert not torch.equal(xm, x), 'prob=1 must mix something'
         if cls.weights_sum_to_one:
-            torch.testing.assert_close(t.sum(1), torch.ones(6))
+            torch.testing.assert_close(t.sum(1), torch.ones(6, device=DEVICE))
         # the targets are a combination of the smoothed one-hots of y and y[perm]
         params = mix.make_params(x, y)
         perm = mix.regions(params, x.shape[-2:]).perm
@@ -133,8 +134,8 @@ def test_batch_size_one_and_odd_sizes(mode, shape, extractor):
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_constant_images_give_no_nan(mode, extractor):
     mix = build(mode, _model(), extractor)
-    x = torch.zeros(4, 3, 64, 64)
-    y = torch.tensor([0, 1, 2, 3])
+    x = torch.zeros(4, 3, 64, 64, device=DEVICE)
+    y = torch.tensor([0, 1, 2, 3], device=DEVICE)
     xm, t = mix(x, y)
     assert torch.isfinite(xm).all() and torch.isfinite(t).all()
     assert (t >= 0).all()
@@ -161,7 +162,7 @@ def test_autocast_and_channels_last(mode, amp_dtype, extractor):
     model = _model()
     x, y = batch()
     ref = build(mode, model, extractor, seed=5)(x, y)
-    with torch.autocast('cpu', dtype=amp_dtype):
+    with torch.autocast(DEVICE.type, dtype=amp_dtype):
         xm, t = build(mode, model, extractor, seed=5)(x, y)
     assert xm.dtype == x.dtype and t.dtype == torch.float32
     assert torch.isfinite(xm).all() and torch.isfinite(t).all()
@@ -192,7 +193,7 @@ def test_cam_scale_with_bf16_inputs(mode, extractor):
     model = _model()
     x, y = batch()
     ref_x, ref_t = build(mode, model, extractor, seed=5, cam_scale=0.5)(x, y)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         xm, t = build(mode, model, extractor, seed=5, cam_scale=0.5)(x.bfloat16(), y)
     assert xm.dtype == torch.bfloat16 and t.dtype == torch.float32
     assert torch.isfinite(xm.float()).all() and torch.isfinite(t).all()
@@ -276,6 +277,7 @@ def test_bad_batches(mode, extractor):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (host-device synchronisation)')
+@pytest.mark.cuda
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_no_host_device_synchronisation_on_cuda(mode, extractor):
     """A call queues its work on the GPU and returns: no .item(), no blocking copy, no data-dependent shape."""
