@@ -89,6 +89,8 @@ class ProbeMix:
         out, soft = self.inner(x, target)
         grads2, params2, buffers2, flags2 = _state(self.module)
         _record('calls', {
+            'target_in_ndim': int(target.ndim),
+            'drawn': getattr(self.inner, 'last_drawn', None),
             'epoch': int(getattr(self.inner, 'epoch', -1)),
             'enabled': bool(self.inner.mixup_enabled),
             'shape': list(x.shape),

@@ -194,9 +194,12 @@ def test_config_parses_with_every_release(config, train_modules, monkeypatch):
 
 
 INCOMPATIBLE = [
-    (['--mixup', '0.2'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
-    (['--cutmix', '1.0'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
-    (['--cutmix-minmax', '0.2', '0.8'], "replaces timm's --mixup/--cutmix/--cutmix-minmax"),
+    (['--mixup', '0.2'], "without --mix-mode-prob takes every batch, so --mixup/--cutmix would never run"),
+    (['--cutmix', '1.0'], "without --mix-mode-prob takes every batch, so --mixup/--cutmix would never run"),
+    (['--cutmix-minmax', '0.2', '0.8'], "without --mix-mode-prob takes every batch, so --mixup/--cutmix would never run"),
+    (['--mix-mode-prob', '0.5', '--cutmix', '1.0', '--batch-size', '5'], "needs an even batch"),
+    (['--mix-mode-prob', '0.7,0.7'], "--mix-mode-prob: 2 values for 1 mode"),
+    (['--mix-cam-start-epoch', '500'], "is beyond --epochs"),
     (['--naflex-loader'], 'the NaFlex loader yields patch sequences'),
     (['--aug-splits', '2'], 'cannot be combined with AugMix splits'),
     (['--aug-splits', '3', '--jsd-loss'], 'cannot be combined with AugMix splits'),
@@ -230,7 +233,7 @@ def test_incompatible_config_file_stops_at_start_up(config, argv, sources, train
         _parse(module, monkeypatch, ['--config', str(cfg), *argv])
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert 'error:' in err and "replaces timm's --mixup/--cutmix/--cutmix-minmax" in err
+    assert 'error:' in err and "without --mix-mode-prob takes every batch, so --mixup/--cutmix would never run" in err
     # the same file without mixup parses
     cfg.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != 'mixup'}))
     mode = config.get('mix_mode', 'snapmix')
@@ -328,7 +331,13 @@ def world(sources, patched, tmp_path_factory):
                        '--resume', str(out / 'mode-cam-erase' / 'last.pth.tar')])
     if has_flag(patched[feature], '--train-img-sizes'):
         add('img-sizes', fp, ['--mix-mode', 'snapmix', '--train-img-sizes', '48', '64', '--seed', '3'])
-    cfg_runs = ['cub_snapmix']
+    # schedules: half SnapMix, half timm's CutMix, with the prefetcher on (the loader must not mix); a CAM
+    # warm-up of one epoch with timm's Mixup as the rest; a schedule recipe from configs/
+    add('schedule-cutmix', fp, ['--mix-mode', 'snapmix', '--mix-mode-prob', '0.5', '--cutmix', '1.0',
+                                '--smoothing', '0.1', '--seed', '5'])
+    add('schedule-cam-start', fp, ['--mix-mode', 'snapmix,gutout', '--mix-mode-prob', '0.3', '--mixup', '0.4',
+                                   '--epochs', '2', '--mix-cam-start-epoch', '1', '--no-prefetcher'])
+    cfg_runs = ['cub_snapmix', 'cub_snapmix-cutmix']
     for name in cfg_runs:
         add(f'config-{name}', fp, ['--config', str(REPO / 'configs' / f'{name}.yaml'),
                                    '--pretrained-path', str(root / 'test_resnet.pth')])
@@ -457,6 +466,29 @@ def test_amp_bf16_channels_last_drop_path(world):
     assert not plain['autocast']['is_torch_autocast'] and not plain['channels_last'] and not plain['drop_path'], plain
 
 
+def test_schedule_with_timms_cutmix_and_the_prefetcher(world):
+    """--mix-mode snapmix --mix-mode-prob 0.5 --cutmix 1.0: the loader does not mix (integer labels reach the
+    schedule), both members are drawn, one soft-target loss throughout."""
+    r = _ok(world, 'schedule-cutmix')
+    assert r['train_losses'] == ['SoftTargetCrossEntropy']
+    (created,) = r['created']
+    assert created['mode'] == 'Schedule'
+    calls = r['calls']
+    assert all(c['target_in_ndim'] == 1 for c in calls), 'the loader mixed the batch (FastCollateMixup)'
+    assert {c['drawn'] for c in calls} <= {'snapmix', 'timm Mixup'}
+    assert all(c['target_shape'] == [BATCH, N_CLASSES] and c['target_finite'] for c in calls)
+    assert all(c['grads_intact'] and c['params_intact'] and c['buffers_intact'] for c in calls)
+
+
+def test_schedule_cam_start_epoch(world):
+    """Until --mix-cam-start-epoch, the CAM modes give way to timm's Mixup (the rest of the schedule)."""
+    calls = _ok(world, 'schedule-cam-start')['calls']
+    first = {c['drawn'] for c in calls if c['epoch'] == 0}
+    assert first == {'timm Mixup'}, first
+    assert all(c['drawn'] in ('snapmix', 'gutout', 'timm Mixup') for c in calls if c['epoch'] == 1)
+    assert all(c['target_in_ndim'] == 1 for c in calls)
+
+
 def test_smoothing_is_baked_into_the_targets(world):
     calls = _ok(world, 'mode-saliencymix')['calls']
     # K = 3: with two labels mixed the third class keeps exactly the smoothing's off value s/K
@@ -510,6 +542,14 @@ def test_config_file_run(world):
     _check_mode_run(r, 'snapmix')
     log = Path(r['log']).read_text()
     assert re.search(r'Created SGD \(sgd\) optimizer: lr: 0\.01, momentum: 0\.9.*nesterov: True', log)
+
+
+def test_schedule_config_file_run(world):
+    """configs/cub_snapmix-cutmix.yaml: mix_mode_prob as a YAML string, cutmix from timm's own key."""
+    r = _ok(world, 'config-cub_snapmix-cutmix')
+    (created,) = r['created']
+    assert created['mode'] == 'Schedule' and r['train_losses'] == ['SoftTargetCrossEntropy']
+    assert all(c['target_in_ndim'] == 1 for c in r['calls'])
 
 
 # --- TransMix: targets completed after the forward, inside the real train.py

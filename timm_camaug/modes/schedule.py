@@ -147,6 +147,7 @@ class Schedule(MixMode):
         self.members = [(n, float(p), m) for n, p, m in members]
         self.rest, self.rest_name = rest, rest_name if rest is not None else NO_MIX
         self.cam_start_epoch = cam_start_epoch
+        self.last_drawn: Optional[str] = None      # the member the last call drew (for logs and tests)
         self._cumulative = torch.tensor([p for _, p, _ in self.members], dtype=torch.float64).cumsum(0)
         every = [m for _, _, m in self._all()]
         for m in every:
@@ -229,8 +230,10 @@ class Schedule(MixMode):
         index = self._draw()
         member = self._member(index)
         params = member.make_params(x, labels) if member is not None else None
-        return ScheduleParams(torch.zeros(x.shape[0], dtype=torch.bool) if params is None else params.active,
-                              index, params)
+        out = ScheduleParams(torch.zeros(x.shape[0], dtype=torch.bool) if params is None else params.active,
+                             index, params)
+        self.last_drawn = self.drawn_name(out)
+        return out
 
     def _apply(self, x: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor,
                params: ScheduleParams) -> Tuple[torch.Tensor, torch.Tensor]:
