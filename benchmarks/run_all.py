@@ -33,6 +33,8 @@ BENCHMARKS = {
     'saliency': ('SaliencyMix saliency', ['saliency.py'],
                  'SaliencyMix call (both variants) against the reference per-image OpenCV-contrib saliency, as a '
                  'share of one training step.'),
+    'schedule': ('Schedule cost', ['schedule.py'],
+                 "A snapmix:0.5+cutmix:0.5 schedule's cost per call against SnapMix alone, on the same batches."),
     'label_fidelity_64': ('Label fidelity, 64 px', ['label_fidelity.py', '--img-size', '64'],
                           'Mean |label weight - visible share of that source\'s discriminative part| on the '
                           'synthetic fine-grained set, per mode and for timm\'s CutMix.'),
