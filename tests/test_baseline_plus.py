@@ -54,7 +54,8 @@ def test_registered_with_timm_on_import():
         assert timm.is_model(name) and name in timm_camaug.models.baseline_plus.__all__
 
 
-@pytest.mark.parametrize('name,mid,feats', [('resnet18_baseline_plus', 256, 512), ('resnet50_baseline_plus', 1024, 2048),
+@pytest.mark.parametrize('name,mid,feats', [('resnet18_baseline_plus', 256, 512),
+                                            ('resnet50_baseline_plus', 1024, 2048),
                                             ('test_resnet_baseline_plus', 192, 96)])
 def test_branch_is_the_reference_structure(name, mid, feats):
     model = timm.create_model(name, num_classes=K)

@@ -411,9 +411,9 @@ REFUSED = [
                                     r"cars <the official download> .*data/cars`"),
     ('dataset-no-val', _no_val, r"data/cub is not a prepared dataset: no folder .*data/cub/val \(val_split"),
     ('dataset-empty-train', _empty_train, r"not a prepared dataset: no class folders in .*data/cub/train"),
-    ('other-reproduction', _other_reproduction, r"holds a different reproduction \(--datasets: cub there, cub,cars "
-                                                r"here; --modes: none there, none,cutmix,snapmix here; --seeds: 0 there, "
-                                                r"0,1 here\); nothing was changed"),
+    ('other-reproduction', _other_reproduction,
+     r"holds a different reproduction \(--datasets: cub there, cub,cars here; --modes: none there, "
+     r"none,cutmix,snapmix here; --seeds: 0 there, 0,1 here\); nothing was changed"),
     ('other-set', _other_set, r"different reproduction \(--set lr: 0.5 there, \(not set\) here\)"),
     ('other-train-py', _other_train_py, r"different reproduction \(train.py: .*train.py \(sha256 [0-9a-f]{12}\) there"),
     ('not-a-reproduction', _not_a_reproduction, r"is not empty and holds no reproduction.json .* nothing was changed"),

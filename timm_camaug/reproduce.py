@@ -228,8 +228,8 @@ def plan_runs(args: argparse.Namespace, train_py: Path) -> List[Run]:
         have = sorted(p.stem.split('_', 1)[1] for p in configs_dir.glob(f'{d}_*.yaml'))
         listed = ', '.join(NO_MIX if r == BASELINE_ROW else r for r in have) or 'none at all'
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ''
-        raise ReproduceError(f"no config for dataset {d}, mode {m}: {config_path(configs_dir, d, m)} does not exist{more}"
-                             f"; modes with a config for {d}: {listed} (--configs {configs_dir})")
+        raise ReproduceError(f"no config for dataset {d}, mode {m}: {config_path(configs_dir, d, m)} does not "
+                             f"exist{more}; modes with a config for {d}: {listed} (--configs {configs_dir})")
     runs = []
     for dataset in args.datasets:
         for mode in args.modes:
@@ -325,8 +325,8 @@ def check_output(output: Path, ident: Dict[str, Any]) -> bool:
                                   f"{' ...' if len(changed) > 4 else ''}")
                 elif key not in ('configs', 'format'):
                     detail.append(f"{IDENTITY_FIELDS[key]}: {_show(there)} there, {_show(here)} here")
-            raise ReproduceError(f"--output {output} holds a different reproduction ({'; '.join(detail) or 'format'}); nothing "
-                                 "was changed: resume it with its own arguments, or give a new --output")
+            raise ReproduceError(f"--output {output} holds a different reproduction ({'; '.join(detail) or 'format'}); "
+                                 "nothing was changed: resume it with its own arguments, or give a new --output")
         return True
     if output.is_dir() and any(output.iterdir()):
         raise ReproduceError(f"--output {output} is not empty and holds no {STATE_FILE} (it is not a reproduction's "
@@ -520,12 +520,14 @@ def _describe(status: Dict[str, Any], run: Run, output: Path, before: bool = Fal
     state = status['state']
     if state == 'done':
         secs = _mean(status.get('epoch_seconds') or [])
-        return (f"done{' before' if before else ''}: top-1 {status['top1']:.2f} (best {status['top1_best']:.2f}, epoch {status['best_epoch']})"
+        return (f"done{' before' if before else ''}: top-1 {status['top1']:.2f} (best {status['top1_best']:.2f}, "
+                f"epoch {status['best_epoch']})"
                 + (f", {secs:.1f} s/epoch" if secs is not None else ''))
     if state == 'failed':
         rc = status.get('returncode')
+        log = os.path.relpath(run.dir / 'train.log', output)
         return (f"failed{' before' if before else ''} (exit code {rc})" if rc else
-                f"failed ({status.get('error', 'see its log')})") + f": {os.path.relpath(run.dir / 'train.log', output)}"
+                f"failed ({status.get('error', 'see its log')})") + f": {log}"
     if state in ('interrupted', 'running'):
         return f"interrupted after {status.get('epochs', 0)} of {status['scheduled_epochs']} epochs"
     return 'queued'
@@ -606,8 +608,9 @@ def format_markdown(rows: Sequence[Dict[str, Any]], ident: Dict[str, Any], per_r
            f"- data: `{ident['data_root']}`; seeds {', '.join(map(str, ident['seeds']))}",
            f"- runs: {len(per_run)} ({counts})"]
     if ident['set']:
-        out.append(f"- overrides (`--set`): {', '.join(f'`{k}={_yaml_text(v)}`' for k, v in ident['set'].items())}: the runs do "
-                   "not follow the paper's setting, so the paper column is a reference point only")
+        sets = ', '.join(f'`{k}={_yaml_text(v)}`' for k, v in ident['set'].items())
+        out.append(f"- overrides (`--set`): {sets}: the runs do not follow the paper's setting, so the paper column "
+                   "is a reference point only")
     out += ['', "Top-1 (%) on each dataset's validation split: the final epoch's mean ± standard deviation over the "
             "seeds that finished, and the mean of each seed's best epoch. Paper: the SnapMix paper's figure "
             "(ResNet-50 at 448 px, 200 epochs); gap = final mean − paper.", '',

@@ -45,8 +45,8 @@ class ResNetBaselinePlus(ResNet):
     Training forward (``model.train()`` with gradients enabled): returns the main head's (N, K) logits and
     keeps the branch's for :meth:`pop_auxiliary_outputs` (the next training forward replaces them). Any
     other forward (evaluation, or no gradients, as CAM forwards run) returns ``main + branch`` logits and
-    leaves the kept ones as they are. With ``num_classes=0`` (a feature extractor) the branch has no classifier and the forward
-    is the ResNet's.
+    leaves the kept ones as they are. With ``num_classes=0`` (a feature extractor) the branch has no
+    classifier and the forward is the ResNet's.
 
     Examples:
         >>> import timm, torch
