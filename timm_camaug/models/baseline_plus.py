@@ -58,8 +58,7 @@ class ResNetBaselinePlus(ResNet):
         [(2, 5)]
         >>> model.pop_auxiliary_outputs()          # popped once
         []
-        >>> model.eval()
-        ResNetBaselinePlus(...)
+        >>> _ = model.eval()                        # evaluation: the two heads' logits summed
         >>> feats, (mid,) = model.forward_intermediates(x, indices=[3])
         >>> torch.allclose(model(x), model.forward_head(feats) + model.forward_mid(mid))
         True
