@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 __version__ = '0.1.0'
 
-# public name -> submodule; imported on first use so that the console script starts without torch
+# public name -> submodule, imported on first use (timm itself is imported below, for the model registry)
 _LAZY = {
     'MIX_MODES': 'modes', 'get_mode_class': 'modes', 'register_mode': 'modes', 'MixMode': 'modes',
     'CAM_METHODS': 'cam', 'class_activation_maps': 'cam',
