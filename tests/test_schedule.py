@@ -252,3 +252,38 @@ def test_refused_at_start_up(argv, message, capsys):
     assert e.value.code == 2
     import re
     assert re.search(message, capsys.readouterr().err), message
+
+
+def test_unknown_config_keys_of_ours_are_named_with_the_closest(caplog):
+    """A YAML --config key that no flag has is kept silently by train.py's set_defaults: warn (issue 15, item 9)."""
+    parser = _parser()
+    parser.set_defaults(mix_mode='snapmix', snapmix_betaa=5.0, mix_mode_probb='0.5', lr=0.1)
+    with caplog.at_level(logging.WARNING):
+        args = parser.parse_args([])
+    assert args.snapmix_beta == 5.0
+    assert "config key 'snapmix_betaa' is not an option of any mode and is ignored; did you mean 'snapmix_beta'?" \
+        in caplog.text
+    assert "'mix_mode_probb'" in caplog.text and "did you mean 'mix_mode_prob'?" in caplog.text
+    assert "'lr'" not in caplog.text        # not ours: train.py's business
+
+
+def test_more_class_folders_than_num_classes_stops_at_start_up(tmp_path, capsys):
+    """A label >= --num-classes would stop a mode mid-epoch: counted at start-up for folder datasets (item 6)."""
+    for c in range(6):
+        (tmp_path / 'train' / f'class{c}').mkdir(parents=True)
+    (tmp_path / 'train' / '.cache').mkdir()
+    parser = _parser()
+    parser.add_argument('--data-dir', default=None)
+    parser.add_argument('--train-split', default='train')
+    parser.add_argument('--dataset', default='')
+    parser.add_argument('--class-map', default='')
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--mix-mode', 'snapmix', '--data-dir', str(tmp_path)])
+    err = capsys.readouterr().err
+    assert f"--num-classes {K}, but {tmp_path / 'train'} has 6 classes: labels 4..5 are out of range" in err
+    assert 'set --num-classes 6' in err
+    assert parser.parse_args(['--mix-mode', 'snapmix', '--data-dir', str(tmp_path), '--num-classes', '6'])
+    class_map = tmp_path / 'map.txt'
+    class_map.write_text('class0\nclass1\nclass2\n')      # a class map picks the classes: 3 is fine
+    assert parser.parse_args(['--mix-mode', 'snapmix', '--data-dir', str(tmp_path), '--class-map', str(class_map)])
+    assert parser.parse_args(['--mix-mode', 'snapmix', '--data-dir', str(tmp_path), '--dataset', 'torch/cifar10'])

@@ -133,7 +133,24 @@ def test_create_train_mix_fn_errors():
     args.mixup = 0.2
     with pytest.raises(ValueError, match=r"--mix-mode snapmix without --mix-mode-prob takes every batch, so "
                                          r"--mixup/--cutmix would never run; give the modes' share"):
-        create_train_mix_fn(args, small_model())
+        create_train_mix_fn(args, small_model(), exit_on_error=False)
+
+
+@pytest.mark.parametrize('extra, message', [
+    (('--snapmix-cam-layer', 'layer9'), r"argument --snapmix-cam-layer: snapmix: cam_layer='layer9'"),
+    (('--snapmix-cam-layer', 'fc'), r"argument --snapmix-cam-layer: snapmix: cam_layer='fc'"),
+])
+def test_start_up_problems_end_like_train_pys_argument_errors(extra, message, capsys, monkeypatch):
+    """A problem found while building the mix function: one line on stderr naming the flag, exit 2, no
+    traceback (issue 15, item 3)."""
+    monkeypatch.setattr('sys.argv', ['train.py'])
+    args = train_args('snapmix', '', *extra)
+    with pytest.raises(SystemExit) as e:
+        create_train_mix_fn(args, small_model(), data_config={'input_size': (3, 64, 64)})
+    assert e.value.code == 2 and e.value.__cause__ is None
+    err = capsys.readouterr().err
+    assert err.startswith('train.py: error: timm-camaug: ') and len(err.strip().splitlines()) == 1
+    assert re.search(message, err), err
 
 
 # --- start-up checks added for train.py

@@ -337,6 +337,8 @@ def world(sources, patched, tmp_path_factory):
                                 '--smoothing', '0.1', '--seed', '5'])
     add('schedule-cam-start', fp, ['--mix-mode', 'snapmix,gutout', '--mix-mode-prob', '0.3', '--mixup', '0.4',
                                    '--epochs', '2', '--mix-cam-start-epoch', '1', '--no-prefetcher'])
+    # a ViT built for 224 px trained at 64 px without --model-kwargs img_size=64: one message, exit 2
+    add('vit-wrong-size', fp, ['--mix-mode', 'gutout', '--model', 'vit_tiny_patch16_224'])
     cfg_runs = ['cub_snapmix', 'cub_snapmix-cutmix']
     for name in cfg_runs:
         add(f'config-{name}', fp, ['--config', str(REPO / 'configs' / f'{name}.yaml'),
@@ -542,6 +544,17 @@ def test_config_file_run(world):
     _check_mode_run(r, 'snapmix')
     log = Path(r['log']).read_text()
     assert re.search(r'Created SGD \(sgd\) optimizer: lr: 0\.01, momentum: 0\.9.*nesterov: True', log)
+
+
+def test_start_up_problem_is_one_message_with_exit_code_2(world):
+    """Issue 15, items 3 and 5: what the plugin finds while building the mix function ends train.py like its
+    own argument errors (the message, the fix, exit 2), not as a traceback."""
+    results, _, _ = world
+    r = results['vit-wrong-size']
+    assert not r['ok'] and r['error'] == 'SystemExit(2)'
+    log = Path(r['log']).read_text()
+    assert 'train.py: error: timm-camaug: gutout: VisionTransformer cannot take 64x64 inputs' in log
+    assert '--model-kwargs img_size=<size>' in log and 'Traceback' not in log
 
 
 def test_schedule_config_file_run(world):

@@ -9,7 +9,7 @@ from .modes import get_mode_class, mix_modes
 from .modes.options import OptionError, option_dest
 from .modes.schedule import NO_MIX, ScheduleError, is_timm_member, parse_schedule
 
-__all__ = ['add_args', 'is_active', 'check_train_args', 'schedule_train_flags', 'NO_MIX']
+__all__ = ['add_args', 'is_active', 'check_train_args', 'schedule_train_flags', 'warn_unknown_keys', 'NO_MIX']
 
 _logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def add_args(parser: argparse.ArgumentParser, validate: bool = True) -> argparse
 
         def _parse_and_check(*a, **kw):
             ns = parse_args(*a, **kw)
+            warn_unknown_keys(ns, parser)
             problems = check_train_args(ns)
             if problems:
                 parser.error('; '.join(problems))
@@ -79,6 +80,53 @@ def add_args(parser: argparse.ArgumentParser, validate: bool = True) -> argparse
         parser.parse_args = _parse_and_check
         parser._timm_camaug_validating = True
     return group
+
+
+def warn_unknown_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> List[str]:
+    """Warn about keys of a YAML ``--config`` that look like timm-camaug's (``mix_...`` or a mode's prefix) but
+    that no flag has: train.py's ``parser.set_defaults`` keeps them without a word, so a typo would silently
+    leave the option at its default. Returns the warnings."""
+    import difflib
+    known = {a.dest for a in parser._actions}
+    prefixes = ('mix_',) + tuple(option_dest(m, '') for m in mix_modes())
+    ours = sorted(d for d in known if d.startswith(prefixes))
+    warnings = []
+    for key in sorted(vars(args)):
+        if key in known or not key.startswith(prefixes):
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.6)
+        warnings.append(f"timm-camaug: config key {key!r} is not an option of any mode and is ignored"
+                        + (f"; did you mean {close[0]!r}?" if close else ''))
+        _logger.warning(warnings[-1])
+    return warnings
+
+
+def _class_count_problems(args: argparse.Namespace) -> List[str]:
+    """A folder dataset with more classes than ``--num-classes``: its labels would stop a mode mid-epoch."""
+    import os
+    k = getattr(args, 'num_classes', None)
+    root = getattr(args, 'data_dir', None)
+    dataset = str(getattr(args, 'dataset', '') or '')
+    if not isinstance(k, int) or isinstance(k, bool) or not root or (dataset and not dataset.startswith('folder')):
+        return []
+    class_map = getattr(args, 'class_map', '') or ''
+    if class_map and os.path.isfile(class_map):
+        with open(class_map, encoding='utf-8', errors='replace') as f:
+            n, where = sum(1 for line in f if line.strip()), f"--class-map {class_map} lists"
+    else:
+        split = os.path.join(root, str(getattr(args, 'train_split', 'train') or 'train'))
+        folder = split if os.path.isdir(split) else root
+        if not os.path.isdir(folder):
+            return []
+        try:
+            n = sum(1 for e in os.scandir(folder) if e.is_dir() and not e.name.startswith('.'))
+        except OSError:
+            return []
+        where = f"{folder} has"
+    if n <= k:
+        return []
+    return [f"--num-classes {k}, but {where} {n} classes: labels {k}..{n - 1} are out of range for the mix mode "
+            f"(label {k} is out of range for num_classes={k}); set --num-classes {n}"]
 
 
 def is_active(args: argparse.Namespace) -> bool:
@@ -138,6 +186,7 @@ def check_train_args(args: argparse.Namespace) -> List[str]:
         return [f"--mix-mode: {e}"]
     label = f"--mix-mode {','.join(modes)}"
     problems, _ = _schedule_problems(args, modes)
+    problems += _class_count_problems(args)
     if getattr(args, 'naflex_loader', False):
         problems.append(f"{label} needs (N, C, H, W) image batches; the NaFlex loader yields patch sequences")
     if (getattr(args, 'aug_splits', 0) or 0) > 0 or getattr(args, 'jsd_loss', False):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .modes import MixMode, get_mode_class, mix_modes
-from .modes.options import option_dest
+from .modes.options import OptionError, option_dest
 from .modes.schedule import NO_MIX, Schedule, ScheduleError, is_timm_member, parse_probabilities, parse_schedule
 from .modes.timm_mixup import TIMM_PRESETS, TimmMixup
 
@@ -71,7 +71,11 @@ def _build(name: str, common: Dict[str, Any], model: Optional[nn.Module], option
     kwargs.update(options)
     if cls.uses_model:
         kwargs['model'] = model
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except OptionError as e:
+        e.mode = name       # so that train.py's message can name the flag --<mode>-<option>
+        raise
 
 
 def timm_mixup_from_args(args: argparse.Namespace) -> Optional[Dict[str, Any]]:

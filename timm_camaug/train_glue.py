@@ -8,6 +8,8 @@ a compiled wrapper would trace the CAM hooks.
 """
 import argparse
 import logging
+import os
+import sys
 from typing import Any, Callable, Dict, Optional, Union
 
 import torch
@@ -18,6 +20,7 @@ from .factory import create_mix_fn
 from .loss import MixedTargetLoss, has_auxiliary_outputs
 from .model_state import unwrap_model
 from .modes import MixMode
+from .modes.options import Option, OptionError
 
 __all__ = ['training_module', 'wrap_train_loss', 'create_train_mix_fn']
 
@@ -58,6 +61,7 @@ def create_train_mix_fn(
         device: Optional[Union[str, torch.device]] = None,
         loss_fn: Optional[nn.Module] = None,
         timm_mixup: Optional[Any] = None,
+        exit_on_error: bool = True,
 ) -> MixMode:
     """train.py's ``mixup_fn`` for ``--mix-mode``: the mode built from ``args`` on the plain model.
 
@@ -72,20 +76,43 @@ def create_train_mix_fn(
             targets a mode completes after the forward reach the loss.
         timm_mixup: train.py's own ``Mixup`` (built from ``--mixup``/``--cutmix`` when the loader does not mix),
             or None.
+        exit_on_error: a problem found while building (a bad layer name, an unreadable checkpoint, a model the
+            mode cannot use) ends the program as train.py's own argument errors do: one line on stderr naming
+            the flag, exit code 2, no traceback. False: raise it.
     """
     if not is_active(args):
         raise ValueError("create_train_mix_fn: --mix-mode is 'none'; train.py only calls this when a mode is set")
-    problems = check_train_args(args)
-    if problems:   # normally caught at parse time by add_args; kept for train.py copies that parse differently
-        raise ValueError('; '.join(problems))
-    mix_fn = create_mix_fn(args, model=training_module(model), data_config=data_config,
-                           amp_autocast=amp_autocast, device=device, timm_mixup=timm_mixup)
-    if isinstance(loss_fn, MixedTargetLoss):
-        loss_fn.bind(mix_fn)
-    elif mix_fn.reads_training_forward:
-        raise ValueError(f"--mix-mode {args.mix_mode} completes its targets from the training forward, but "
-                         "train.py's loss is not wrapped: patch train.py again (`timm-camaug patch --revert "
-                         "train.py`, then `timm-camaug patch train.py`)")
+    try:
+        problems = check_train_args(args)
+        if problems:   # normally caught at parse time by add_args; kept for train.py copies that parse differently
+            raise ValueError('; '.join(problems))
+        mix_fn = create_mix_fn(args, model=training_module(model), data_config=data_config,
+                               amp_autocast=amp_autocast, device=device, timm_mixup=timm_mixup)
+        if isinstance(loss_fn, MixedTargetLoss):
+            loss_fn.bind(mix_fn)
+        elif mix_fn.reads_training_forward:
+            raise ValueError(f"--mix-mode {args.mix_mode} completes its targets from the training forward, but "
+                             "train.py's loss is not wrapped: patch train.py again (`timm-camaug patch --revert "
+                             "train.py`, then `timm-camaug patch train.py`)")
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+        if not exit_on_error:
+            raise
+        _exit_like_argparse(e)
     if getattr(args, 'rank', 0) == 0:
         _logger.info(f'timm-camaug: --mix-mode {args.mix_mode}: {mix_fn!r}')
     return mix_fn
+
+
+def startup_message(e: BaseException) -> str:
+    """One line for a problem found while building the mix function, as train.py's own argument errors read:
+    the flag when an option's value is the problem, else the message."""
+    if isinstance(e, OptionError) and getattr(e, 'mode', None):
+        return f"argument {Option(e.option, None, '').flag(e.mode)}: {e}"
+    return str(e)
+
+
+def _exit_like_argparse(e: BaseException) -> None:
+    """Print ``train.py: error: <message>`` on stderr and exit with argparse's code 2, without a traceback."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'train.py'
+    print(f"{prog}: error: timm-camaug: {startup_message(e)}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
