@@ -563,9 +563,44 @@ def test_regions_and_row_notes():
     done = mix.finalize(t)
     notes = mix.row_notes(params, y)
     w = float(params.pasted_weight[0])
-    assert notes[0].startswith(f'box: area {float(params.area[0]):.2f}, attention ') and f'pasted label {w:.2f}' in notes[0]
+    assert notes[0] == f'box: area {float(params.area[0]):.2f}, attention {float(params.evidence[0]):.2f}'
     torch.testing.assert_close(done[0, y[3]] if y[0] != y[3] else torch.tensor(w), torch.tensor(w))
 
 
 def test_doctest():
     assert doctest.testmod(transmix_module, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+@pytest.mark.parametrize('cutmix', [True, False], ids=['cutmix', 'mixup'])
+def test_batch_mode_mixes_as_timm_mixup(cutmix):
+    """The batch-mode fast path gives timm's Mixup's own images and targets (TimmMixup with the same draws)."""
+    from timm_camaug.modes.timm_mixup import TimmMixup
+    kw = dict(mixup_alpha=0.0 if cutmix else 0.8, cutmix_alpha=1.0 if cutmix else 0.0)
+    x, y = batch(n=6)
+    mix = build(vit(), seed=3, label_smoothing=0.1, **kw)
+    params = mix.make_params(x, y)
+    xm, t = mix.apply(x, y, params)
+    mix._drop_pending()
+    ref = TimmMixup(num_classes=K, label_smoothing=0.1, **kw)
+    ref_x, ref_t = ref.apply(x, y, params)
+    assert torch.equal(xm, ref_x) and torch.equal(t, ref_t)
+    from timm.data import Mixup
+    from timm_camaug.modes.timm_mixup import numpy_seeded
+    timm_mixup = Mixup(num_classes=K, label_smoothing=0.1, **kw)
+    with numpy_seeded(params.seed):          # timm's own call, under the numpy state the params were drawn with
+        timm_x, timm_t = timm_mixup(x.clone(), y)
+    assert torch.equal(xm, timm_x)
+    torch.testing.assert_close(t, timm_t)
+
+
+def test_share_measure_by_hand():
+    """The label-fidelity measure's second part: |w_a/(w_a+w_b) - v_a/(v_a+v_b)|, undefined rows left out."""
+    from timm_camaug import fidelity as fd
+    w_a, w_b = torch.tensor([0.7, 0.5, 1.0, 0.0]), torch.tensor([0.3, 0.5, 0.0, 0.0])
+    v_a, v_b = torch.tensor([0.5, 1.0, 0.0, 0.4]), torch.tensor([0.5, 0.0, 0.0, 0.2])
+    e = fd.share_errors(w_a, w_b, v_a, v_b, keep=torch.tensor([True, True, True, True]))
+    # row 2: no part visible; row 3: both weights 0 -> skipped
+    torch.testing.assert_close(e.err, torch.tensor([0.2, 0.5], dtype=torch.float64))
+    assert e.skipped == 2 and e.mae == pytest.approx(0.35)
+    snap = fd.share_errors(torch.tensor([1.2]), torch.tensor([0.6]), torch.tensor([1.0]), torch.tensor([0.5]))
+    assert snap.mae == pytest.approx(0.0)       # weights that do not sum to one are compared by their share

@@ -12,7 +12,7 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-__all__ = ['machine', 'time_interleaved', 'bench_modes', 'register', 'run']
+__all__ = ['machine', 'time_interleaved', 'bench_modes', 'AroundTheForward', 'register', 'run']
 
 
 def machine() -> str:
@@ -63,7 +63,7 @@ def _call_and_finalize(mix_fn, x, y):
     return out
 
 
-class _AroundTheForward:
+class AroundTheForward:
     """A mode whose work straddles the training forward (``reads_training_forward``: TransMix): each run makes
     the call, the step's own forward on the mixed batch (under the step's autocast, with gradients, as
     training runs it) and ``finalize``; only the call and ``finalize`` are counted (``seconds``), since the
@@ -72,7 +72,8 @@ class _AroundTheForward:
 
     def __init__(self, mix_fn, net, amp, x, y, device):
         self.mix_fn, self.net, self.amp, self.x, self.y, self.device = mix_fn, net, amp, x, y, device
-        self.seconds: List[float] = []
+        self.seconds: List[float] = []          # call + finalize, per run
+        self.finalize_seconds: List[float] = []
 
     def __call__(self):
         _sync(self.device)
@@ -86,7 +87,9 @@ class _AroundTheForward:
         t2 = time.perf_counter()
         self.mix_fn.finalize(target)
         _sync(self.device)
-        self.seconds.append(t1 - t0 + time.perf_counter() - t2)
+        t3 = time.perf_counter()
+        self.seconds.append(t1 - t0 + t3 - t2)
+        self.finalize_seconds.append(t3 - t2)
         del output
 
     def training_step(self, opt):
@@ -178,7 +181,7 @@ def bench_modes(
             mix = create_mix_fn(mode, prob=opts.pop('prob', 1.0), **common, **opts)
         else:
             mix = create_mix_fn(mode, options=per_member, **common)
-        fns[mode] = (_AroundTheForward(mix, net, amp, x, y, dev) if mix.reads_training_forward
+        fns[mode] = (AroundTheForward(mix, net, amp, x, y, dev) if mix.reads_training_forward
                      else functools.partial(_call_and_finalize, mix, x, y))
     if batch_size % 2 == 0:     # timm's Mixup asserts an even batch
         cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=num_classes)
@@ -186,7 +189,7 @@ def bench_modes(
 
     times = time_interleaved(fns, repeats, dev)
     for name, fn in fns.items():        # its own call + finalize, without the step's forward between them
-        if isinstance(fn, _AroundTheForward):
+        if isinstance(fn, AroundTheForward):
             times[name] = statistics.median(fn.seconds[-repeats:])
     out = {k: {'seconds': v, 'ratio': v / times['train step']} for k, v in times.items()}
     if dev.type == 'cuda':
@@ -199,7 +202,7 @@ def bench_modes(
             return torch.cuda.max_memory_allocated(dev) - base
         step_peak = peak(train_step)
         for k, fn in fns.items():
-            if isinstance(fn, _AroundTheForward):   # what a step with the mode needs beyond a plain step
+            if isinstance(fn, AroundTheForward):   # what a step with the mode needs beyond a plain step
                 out[k]['peak_memory'] = max(0, peak(functools.partial(fn.training_step, opt)) - step_peak) / max(step_peak, 1)
             else:
                 out[k]['peak_memory'] = peak(fn) / max(step_peak, 1)

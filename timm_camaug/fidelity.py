@@ -12,6 +12,12 @@ Visible fractions, from the regions each mode reports of its params (:class:`~ti
         A = x[i] keeps ``|M_i minus T| / |M_i|`` and B = x[perm[i]] shows ``|M_perm[i] in S| / |M_perm[i]|``
         (same-place pastes have S = T; a resized paste, SnapMix's, is assumed to keep what S holds visible).
     erasing modes: one source, weight 1; it keeps ``|M_i minus erased| / |M_i|``.
+
+A second measure, for rules whose two weights sum to one (CutMix's area, TransMix, its extension) and for the
+others normalised the same way (SnapMix's): the error of A's *share* of the label, ``w_a / (w_a + w_b)``,
+against A's share of the visible discriminative parts, ``v_a / (v_a + v_b)`` (:func:`share_errors`). The first
+measure asks a label to carry the absolute visible fractions, which weights that must sum to one cannot do
+when both parts are partly hidden or both fully visible; the share asks only for their balance.
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -20,7 +26,7 @@ import torch
 
 __all__ = [
     'FidelityErrors', 'kept_fraction', 'shown_fraction', 'visible_fractions', 'erase_visible_fraction',
-    'source_map_regions', 'label_weights', 'fidelity_errors',
+    'source_map_regions', 'label_weights', 'fidelity_errors', 'ShareErrors', 'share_errors',
 ]
 
 
@@ -112,3 +118,28 @@ def fidelity_errors(w_a: torch.Tensor, vis_a: torch.Tensor, w_b: Optional[torch.
         return FidelityErrors((w_a - vis_a).abs(), empty, vis_a, empty)
     w_b, vis_b = w_b.cpu().double()[keep], vis_b.cpu().double()[keep]
     return FidelityErrors((w_a - vis_a).abs(), (w_b - vis_b).abs(), vis_a, vis_b)
+
+
+@dataclass
+class ShareErrors:
+    """Per-sample |A's share of the label - A's share of the visible parts| of the samples that count."""
+    err: torch.Tensor           # (M,)
+    label_share: torch.Tensor   # (M,) w_a / (w_a + w_b)
+    visible_share: torch.Tensor  # (M,) v_a / (v_a + v_b)
+    skipped: int = 0            # samples in ``keep`` left out: no part visible at all, or both weights 0
+
+    @property
+    def mae(self) -> float:
+        return float(self.err.mean()) if self.err.numel() else float('nan')
+
+
+def share_errors(w_a: torch.Tensor, w_b: torch.Tensor, vis_a: torch.Tensor, vis_b: torch.Tensor,
+                 keep: Optional[torch.Tensor] = None) -> ShareErrors:
+    """The second measure: ``|w_a / (w_a + w_b) - v_a / (v_a + v_b)|`` over the samples in ``keep`` whose two
+    parts are not both hidden (``v_a + v_b > 0``) and whose weights are not both 0."""
+    w_a, w_b, vis_a, vis_b = (t.cpu().double() for t in (w_a, w_b, vis_a, vis_b))
+    keep = torch.ones(w_a.shape[0], dtype=torch.bool) if keep is None else keep.cpu().bool()
+    defined = keep & (vis_a + vis_b > 0) & (w_a + w_b > 0)
+    label = w_a[defined] / (w_a[defined] + w_b[defined])
+    visible = vis_a[defined] / (vis_a[defined] + vis_b[defined])
+    return ShareErrors((label - visible).abs(), label, visible, int(keep.sum() - defined.sum()))

@@ -348,6 +348,10 @@ def run(args: argparse.Namespace) -> int:
         raise _fail(str(e)) from None
     params = mix_fn.make_params(x, labels)
     x_mixed, soft = mix_fn.apply(x, labels, params)
+    if mix_fn.reads_training_forward:      # labels completed from the forward on the mixed batch (TransMix)
+        with torch.no_grad():
+            model(x_mixed)
+    soft = mix_fn.finalize(soft)
     title = f"{args.mode} on {model_desc}; seed {args.seed}\n{mix_fn!r}"
     render_preview(mix_fn, x, labels, x_mixed, soft, params, args.output,
                    names=names, image_names=image_names, title=title, cmap=args.cmap)

@@ -37,6 +37,7 @@ from ..attention import ClassAttention, NoClassAttention, find_class_attention, 
 from ..capture import ForwardCapture, NoFeatureMap, class_maps, find_feature_site
 from ..cam import _token_grid
 from ..devices import to_device
+from ..targets import mix_soft_targets
 from ..model_state import cam_forward_mode, unwrap_model
 from .base import MixParams
 from .cam_guided import CamGuidedMode
@@ -350,7 +351,20 @@ class TransMix(TimmMixup):
                params: TimmMixupParams) -> Tuple[torch.Tensor, torch.Tensor]:
         # the unmixed targets and the input size, for _begin_pending (apply stays pure)
         self._stash = (soft, (int(x.shape[-2]), int(x.shape[-1])))
-        return super()._apply(x, soft, labels, params)
+        if self.mixup_mode != 'batch' or not bool(params.active.any()):
+            return super()._apply(x, soft, labels, params)
+        # one draw for the whole batch: timm's own operations (the box copied, or one blend) on a copy of the
+        # batch, rather than per-sample masks over every pixel
+        partner = x.flip(0)
+        if bool(params.use_cutmix[0]):
+            y0, y1, x0, x1 = (int(v) for v in params.boxes[0])
+            mixed = x.clone()
+            mixed[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+        else:
+            lam = float(params.lam[0])
+            mixed = x * lam + partner * (1.0 - lam)        # timm: x.mul_(lam).add_(x.flip(0).mul_(1 - lam))
+        lam_t = to_device(params.lam, x.device)
+        return mixed, mix_soft_targets(soft, to_device(params.perm, x.device), lam_t, 1.0 - lam_t)
 
     def _begin_pending(self, params: TransMixParams, soft: torch.Tensor, labels: torch.Tensor) -> _Pending:
         (unmixed, hw), self._stash = self._stash, None
@@ -429,7 +443,8 @@ class TransMix(TimmMixup):
     # --- what preview and the label-fidelity measure ask
 
     def row_notes(self, params: TransMixParams, labels: torch.Tensor) -> List[str]:
-        """For CutMix rows: the box's area share, the map's share and the pasted label's weight (after finalize)."""
+        """For CutMix rows: the box's share of the image and of the map (attention or class maps), after finalize;
+        the pasted label's weight, which blends them by ``ratio``, is in ``params.pasted_weight``."""
         n = int(params.active.shape[0])
         cut = (params.active & params.use_cutmix).cpu()
         if not bool(cut.any()):
@@ -437,9 +452,8 @@ class TransMix(TimmMixup):
         if params.pasted_weight is None:
             return ['(label completed after the forward)' if c else '' for c in cut.tolist()]
         what = 'attention' if self.reader == ATTENTION else 'class maps'
-        area, ev, wt = (t.detach().float().cpu().tolist() for t in (params.area, params.evidence, params.pasted_weight))
-        return [f'box: area {a:.2f}, {what} {e:.2f}\n-> pasted label {p:.2f}' if c else ''
-                for c, a, e, p in zip(cut.tolist(), area, ev, wt)]
+        area, ev = (t.detach().float().cpu().tolist() for t in (params.area, params.evidence))
+        return [f'box: area {a:.2f}, {what} {e:.2f}' if c else '' for c, a, e in zip(cut.tolist(), area, ev)]
 
 
 def _check_model_arg(model: Optional[nn.Module]) -> nn.Module:
