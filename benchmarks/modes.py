@@ -8,13 +8,18 @@ Peak memory (``--memory``): each measurement in a fresh process; the extra peak 
 step" over "training step" alone, as a fraction of the latter (resident set size on CPU,
 ``max_memory_allocated`` on CUDA).
 
+TransMix's work straddles the step's forward: its entry is its call plus ``finalize`` after the step's own
+forward (not counted), and its peak memory a whole training step with it (``timm_camaug.bench.AroundTheForward``).
+
 Run: ``python benchmarks/modes.py`` (``--quick``: 224 px, batch 16 only; ``--settings 224x16,448x16``: a choice).
 """
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 
 import timm
@@ -27,6 +32,7 @@ from _common import machine, markdown_table, save_json, time_interleaved  # noqa
 import references  # noqa: E402
 
 from timm_camaug import create_mix_fn  # noqa: E402
+from timm_camaug.bench import AroundTheForward  # noqa: E402
 
 K = 200
 FULL = [(224, 16), (224, 32), (448, 16), (448, 32)]
@@ -42,6 +48,9 @@ OURS = {
     'gutout cam_scale=0.5': ('gutout', {'cam_scale': 0.5}),
     'cam-erase': ('cam-erase', {'prob': 1.0}),
     'cam-erase cam_scale=0.5': ('cam-erase', {'prob': 1.0, 'cam_scale': 0.5}),
+    # resnet50 has no class token: its labels come from the extension's class maps; CutMix batches only, each
+    # completed after the step's own forward (call + finalize timed, the forward between them not)
+    'transmix (CutMix only)': ('transmix', {'mixup_alpha': 0.0}),
 }
 # our variant -> reference it is compared with
 VERSUS = {'snapmix': 'ref snapmix', 'saliencymix': 'ref saliencymix per-sample OpenCV',
@@ -77,7 +86,10 @@ def functions(model, extractor, opt, x, y, device, size, with_refs=True):
     fns = {'train step': lambda: train_step(model, opt, x, y)}
     for name in OURS:
         mix = build(name, model, extractor, device, size)
-        fns[name] = (lambda mix=mix: mix(x, y))
+        if mix.reads_training_forward:      # its work straddles the step's forward: call + finalize
+            fns[name] = AroundTheForward(mix, model, suppress, x, y, device)
+        else:
+            fns[name] = (lambda mix=mix: mix.finalize(mix(x, y)[1]))
     cutmix = timm.data.Mixup(mixup_alpha=0.0, cutmix_alpha=1.0, label_smoothing=0.0, num_classes=K)
     fns['timm Mixup (cutmix)'] = lambda: cutmix(x.clone(), y)
     if with_refs:
@@ -96,9 +108,12 @@ def peak_memory_child(name, size, batch, device):
     fn = None if name == 'train step' else functions(model, extractor, opt, x, y, device, size)[name]
     if device.type == 'cuda':
         torch.cuda.reset_peak_memory_stats(device)
-    if fn is not None:
-        fn()
-    train_step(model, opt, x, y)
+    if isinstance(fn, AroundTheForward):    # a training step with the mode: call, forward, finalize, backward
+        fn.training_step(opt)
+    else:
+        if fn is not None:
+            fn()
+        train_step(model, opt, x, y)
     if device.type == 'cuda':
         print(torch.cuda.max_memory_allocated(device))
     else:
@@ -133,7 +148,11 @@ def main(argv=None):
         settings = [tuple(int(v) for v in item.split('x')) for item in args.settings.split(',')]
     for size, batch in settings:
         model, extractor, opt, x, y = setup(size, batch, device)
-        t = time_interleaved(functions(model, extractor, opt, x, y, device, size), args.repeats, device)
+        fns = functions(model, extractor, opt, x, y, device, size)
+        t = time_interleaved(fns, args.repeats, device)
+        for name, fn in fns.items():
+            if isinstance(fn, AroundTheForward):
+                t[name] = statistics.median(fn.seconds[-args.repeats:])
         step = t['train step']
         entry = {k: {'seconds': v, 'ratio': v / step} for k, v in t.items()}
         if args.memory:

@@ -35,9 +35,16 @@ BENCHMARKS = {
                  'share of one training step.'),
     'schedule': ('Schedule cost', ['schedule.py'],
                  "A snapmix:0.5+cutmix:0.5 schedule's cost per call against SnapMix alone, on the same batches."),
+    'transmix_cost': ('TransMix per training step', ['transmix_cost.py'],
+                      'TransMix\'s call and its label completion after the forward (the forward itself is the '
+                      'step\'s own and not counted), as a share of one training step of vit_small_patch16_224 '
+                      '(class-token attention) and resnet50 (the extension\'s class maps) at 224 px, measured in the '
+                      'same run; a whole step with TransMix as a cross-check.'),
     'label_fidelity_64': ('Label fidelity, 64 px', ['label_fidelity.py', '--img-size', '64'],
                           'Mean |label weight - visible share of that source\'s discriminative part| on the '
-                          'synthetic fine-grained set, per mode and for timm\'s CutMix.'),
+                          'synthetic fine-grained set, per mode and for timm\'s CutMix; the share of the label '
+                          'against the share of the visible parts; labels from the training forward (TransMix, its '
+                          'extension, other maps of a ViT) on TransMix\'s own boxes.'),
     'label_fidelity_128': ('Label fidelity, 128 px', ['label_fidelity.py', '--img-size', '128'],
                            'As above at 128 px (a finer CAM grid for the same model).'),
 }
