@@ -45,7 +45,7 @@ BENCHMARKS = {
                           'synthetic fine-grained set, per mode and for timm\'s CutMix; the share of the label '
                           'against the share of the visible parts; labels from the training forward (TransMix, its '
                           'extension, other maps of a ViT) on TransMix\'s own boxes.'),
-    'label_fidelity_128': ('Label fidelity, 128 px', ['label_fidelity.py', '--img-size', '128'],
+    'label_fidelity_128': ('Label fidelity, 128 px', ['label_fidelity.py', '--img-size', '128', '--vit-model', 'none'],
                            'As above at 128 px (a finer CAM grid for the same model).'),
 }
 

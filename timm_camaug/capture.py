@@ -46,8 +46,11 @@ class ForwardCapture:
             which ignores hooks registered after its first compiled call. Otherwise the hook exists only
             between :meth:`arm` and :meth:`disarm`.
 
-    ``records`` lists ``(tensor, kwargs)`` per forward seen while armed; :meth:`disarm` empties it.
+    ``records`` lists ``(tensor, kwargs)`` per forward seen while armed, the first ``max_records`` of them (a
+    second one is enough to tell that more than one forward ran; forgotten disarming cannot grow it); :meth:`disarm`
+    empties it.
     """
+    max_records = 2
 
     def __init__(self, module: nn.Module, kind: str = 'pre', persistent: bool = False):
         if kind not in ('pre', 'out'):
@@ -74,11 +77,11 @@ class ForwardCapture:
             self._handle = None
 
     def _pre(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.armed:
+        if self.armed and len(self.records) < self.max_records:
             self.records.append((args[0].detach(), {k: _detached(v) for k, v in kwargs.items()}))
 
     def _out(self, module: nn.Module, args: tuple, output: Any) -> None:
-        if self.armed:
+        if self.armed and len(self.records) < self.max_records:
             out = output if isinstance(output, torch.Tensor) else output[0]
             self.records.append((out.detach(), {}))
 

@@ -234,10 +234,10 @@ class TransMix(TimmMixup):
         return super().train_args_problems(plain, options)
 
     def __repr__(self) -> str:
+        share = f'ratio={self.ratio}' if self.reader == ATTENTION else f'cam_ratio={self.cam_ratio}'
         return (f"TransMix(prob={self.prob}, mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}, "
-                f"switch_prob={self.switch_prob}, mixup_mode={self.mixup_mode!r}, ratio={self.ratio}, "
-                f"label_map={self.reader!r}" + (f", cam_ratio={self.cam_ratio}" if self.reader == CAM else '')
-                + f", reads={self._where()!r})")
+                f"switch_prob={self.switch_prob}, mixup_mode={self.mixup_mode!r}, label_map={self.reader!r}, "
+                f"{share}, reads={self._where()!r})")
 
     def _where(self) -> str:
         if self._attention is not None:
@@ -403,7 +403,7 @@ class TransMix(TimmMixup):
                 "was built, and whose first compiled call came before a mixed batch, ignores the hook: build the mode "
                 "with keep_hook=True (train.py's --torchcompile does)")
         if len(records) > 1:
-            raise RuntimeError(f"transmix: the model ran {len(records)} forwards between the mix and finalize(); the "
+            raise RuntimeError("transmix: the model ran more than one forward between the mix and finalize(); the "
                                "labels are read from the one training forward on the mixed batch")
         captured, kwargs = records[0]
         if captured.shape[0] != n:
