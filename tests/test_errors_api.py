@@ -123,6 +123,11 @@ BUILD_REFUSALS = {
     'extractor_size too small for top_n': (
         dict(extractor='test_resnet', extractor_checkpoint='{d}/test_resnet.pth', extractor_size=8, top_n=2),
         ValueError, r"top_n=2 is out of range for the extractor's 1x1 grid \(1\.\.1\) at extractor_size=8"),
+    'extractor channels against data_config': (
+        dict(extractor='test_resnet', extractor_checkpoint='{d}/test_resnet.pth', extractor_size=64, top_n=2,
+             data_config={'mean': (0.5,), 'std': (0.25,)}), ValueError,
+        r"attentive: data_config's mean/std have 1 value\(s\), for 1-channel images, but the extractor 'test_resnet' "
+        r"takes 3 channels; give it 3-channel images \(train.py: --in-chans 3 and a 3-value --mean/--std\)"),
     # the CAM modes: the layer and the method
     'cam_layer unknown': (
         dict(mode='snapmix', cam_layer='layer5'), ValueError,
@@ -160,8 +165,9 @@ def test_build_refusals(case, files):
     if get_mode_class(mode).uses_model:
         kwargs['model'] = _model(kwargs.pop('model', 'test_resnet'))
     kwargs.setdefault('num_classes', K)
+    kwargs.setdefault('data_config', {'input_size': (3, 64, 64)})
     with pytest.raises(error, match=pattern) as info:
-        create_mix_fn(mode, data_config={'input_size': (3, 64, 64)}, **kwargs)
+        create_mix_fn(mode, **kwargs)
     message = str(info.value)
     assert 'weights_only' not in message and 'Traceback' not in message
     if isinstance(info.value, OptionError) or isinstance(info.value, FileNotFoundError):
@@ -171,15 +177,45 @@ def test_build_refusals(case, files):
 
 def test_good_checkpoints_still_load(files):
     """The same reader takes every layout that works: a state_dict, a train.py checkpoint, safetensors (also
-    under another suffix)."""
+    under another suffix), a wrapper's keys (PyTorch Lightning's 'model.' prefix)."""
     reference = torch.load(files / 'test_resnet.pth', weights_only=True)
     other = files / 'safetensors_named.pth'
     other.write_bytes((files / 'w.safetensors').read_bytes())
-    for name in ('test_resnet.pth', 'train_py_checkpoint.pth.tar', 'w.safetensors', 'safetensors_named.pth'):
+    torch.save({'epoch': 1, 'state_dict': {f'model.{k}': v for k, v in reference.items()}}, files / 'lightning.ckpt')
+    for name in ('test_resnet.pth', 'train_py_checkpoint.pth.tar', 'w.safetensors', 'safetensors_named.pth',
+                 'lightning.ckpt'):
         mode = create_mix_fn('attentive', num_classes=K, extractor='test_resnet', extractor_size=64, top_n=2,
                              extractor_checkpoint=str(files / name))
         for k, v in mode.extractor.state_dict().items():
             assert torch.equal(v, reference[k]), (name, k)
+
+
+def test_checkpoint_path_with_a_tilde_is_expanded(files, monkeypatch):
+    monkeypatch.setenv('HOME', str(files))
+    mode = create_mix_fn('attentive', num_classes=K, extractor='test_resnet', extractor_size=64, top_n=2,
+                         extractor_checkpoint='~/test_resnet.pth')
+    assert mode.grid == (2, 2)
+
+
+def test_unreadable_checkpoint_says_so(files, monkeypatch):
+    import builtins
+    real_open = builtins.open
+
+    def no_permission(path, *a, **k):
+        if str(path).endswith('test_resnet.pth'):
+            raise PermissionError(13, 'Permission denied', str(path))
+        return real_open(path, *a, **k)
+    monkeypatch.setattr(builtins, 'open', no_permission)
+    with pytest.raises(ValueError, match=r"extractor_checkpoint='.*test_resnet\.pth'" + CKPT_FLAG +
+                                         r"it cannot be read \(Permission denied\); check its permissions"):
+        create_mix_fn('attentive', num_classes=K, extractor='test_resnet', extractor_checkpoint=str(files / 'test_resnet.pth'))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_attentive_on_a_device_this_machine_lacks():
+    with pytest.raises(ValueError, match=r"attentive: device='cuda' is not usable here \(.*\); pass the training "
+                                         r"device"):
+        _attentive(device='cuda')
 
 
 # --- a mode's call: the batch against the model (item 7) and non-finite pixels (item 10)
@@ -217,6 +253,9 @@ CALL_REFUSALS = {
     'attentive one channel': (
         _attentive, dict(channels=1),
         r"attentive: x has 1 channel\(s\), but the extractor 'ResNet' takes 3; give it 3-channel images"),
+    'gutout batch on another device than the model': (
+        lambda: _cam_mode('gutout'), dict(device='meta'),
+        r"gutout: x is on meta but the model is on cpu; move the model to the batch's device"),
     'snapmix one image, cam_bn batch, 1x1 feature map': (
         lambda: _cam_mode('snapmix', cam_bn='batch'), dict(n=1, size=32),
         r"snapmix: cam_bn='batch': BatchNorm cannot take batch statistics of a batch of 1 at 32x32 px, where a "
@@ -230,7 +269,7 @@ def test_call_refusals(case):
     make, batch, pattern = CALL_REFUSALS[case]
     mix = make()
     n, size, channels = batch.get('n', 4), batch.get('size', 64), batch.get('channels', 3)
-    x = torch.randn(n, channels, size, size).to(batch.get('dtype', torch.float32))
+    x = torch.randn(n, channels, size, size).to(batch.get('dtype', torch.float32)).to(batch.get('device', 'cpu'))
     with pytest.raises(ValueError, match=pattern):
         mix(x, torch.arange(n) % K)
 

@@ -18,6 +18,9 @@ BASE = ['bench', '--model', 'test_resnet', '--repeats', '1', '--num-classes', '3
      r"^timm-camaug bench: --model resnet5o: not a timm model; close names: .*resnet50"),
     (['--mode', 'gutout', '--device', 'no-such-device'],
      r"^timm-camaug bench: --device no-such-device is not usable here: "),
+    (['--mode', 'attentive', '--img-size', '32', '-b', '2', '--set', 'attentive:extractor=test_resnet',
+      '--set', 'attentive:extractor_checkpoint=/no/such/w.pth'],
+     r"^timm-camaug bench: '/no/such/w.pth' does not exist \(nor does its folder '/no/such'\)"),
 ])
 def test_bench_refusals(argv, message):
     with pytest.raises(SystemExit, match=message):

@@ -290,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         results = bench_modes(modes, model=args.model, img_size=args.img_size, batch_size=args.batch_size,
                               num_classes=args.num_classes, device=args.device, amp_dtype=args.amp,
                               channels_last=args.channels_last, repeats=args.repeats, options=options)
-    except (ValueError, RuntimeError, AssertionError) as e:
+    except (ValueError, RuntimeError, AssertionError, OSError) as e:     # OSError: a --set checkpoint file
         raise _fail(_explained(e, args)) from None
     memory = any('peak_memory' in r for r in results.values())
     print(f"{machine()}\n{args.model}, {args.img_size} px, batch {args.batch_size}"

@@ -76,6 +76,7 @@ def read_checkpoint(path: str) -> Any:
     Raises FileNotFoundError for a missing file, :class:`CheckpointError` for a directory, an empty, corrupt or
     truncated file, or a pickle of Python objects that a weights-only load refuses; never loads such objects.
     """
+    path = os.path.expanduser(path)
     if os.path.isdir(path):
         inside = sorted(f for f in os.listdir(path) if f.endswith(_WEIGHT_SUFFIXES))
         held = f" (it holds {', '.join(inside[:4])}{' ...' if len(inside) > 4 else ''})" if inside else ''
@@ -84,11 +85,14 @@ def read_checkpoint(path: str) -> Any:
         parent = os.path.dirname(os.path.abspath(path))
         where = '' if os.path.isdir(parent) else f" (nor does its folder {parent!r})"
         raise FileNotFoundError(f"{path!r} does not exist{where}; pass the path of an existing weights file")
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+        fmt = _file_format(path)
+    except OSError as e:       # no permission to read it, an I/O error
+        raise CheckpointError(f"{path!r} cannot be read ({e.strerror or e}); check its permissions") from None
     if size == 0:
         raise CheckpointError(f"{path!r} is empty (0 bytes): the file is corrupt (an interrupted download or "
                               "copy?); write or copy it again")
-    fmt = _file_format(path)
     if fmt is None:
         raise CheckpointError(f"{path!r} is corrupt or not a weights file: its {size} bytes are neither a PyTorch "
                               "(torch.save) nor a safetensors file; write or copy it again")
@@ -141,10 +145,23 @@ def _state_of(checkpoint: Any, path: str) -> Tuple[Dict[str, torch.Tensor], Opti
     return tensors, arch
 
 
+def _without_wrapper_prefix(state: Dict[str, torch.Tensor], own: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """``state`` without a first key component that every key shares (a wrapper module's attribute, e.g.
+    PyTorch Lightning's ``model.``), when that is what makes its keys the model's; else ``state`` as it is."""
+    if any(k in own for k in state):
+        return state
+    firsts = {k.split('.', 1)[0] for k in state}
+    if len(firsts) != 1 or not all('.' in k for k in state):
+        return state
+    stripped = {k.split('.', 1)[1]: v for k, v in state.items()}
+    return stripped if set(own) <= set(stripped) else state
+
+
 def _load_local(model: nn.Module, name: str, checkpoint: str, name_hint: str = '') -> None:
     """Load a plain state_dict or a timm/train.py checkpoint into ``model`` (EMA weights when present)."""
     state, arch = _state_of(read_checkpoint(checkpoint), checkpoint)
     own = model.state_dict()
+    state = _without_wrapper_prefix(state, own)
     # a head the model was built without (num_classes=0) is not needed for features
     drop = _classifier_prefixes(model)
     state = {k: v for k, v in state.items() if k in own or not k.startswith(drop)}
@@ -283,7 +300,7 @@ def create_timm_model(
     if checkpoint is not None:
         if not isinstance(checkpoint, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a path, got {type(checkpoint).__name__}")
-        checkpoint = os.fspath(checkpoint)
+        checkpoint = os.path.expanduser(os.fspath(checkpoint))
         if not os.path.isfile(checkpoint):
             read_checkpoint(checkpoint)     # a directory or a missing file: refused before the model is built
         model = timm.create_model(name, pretrained=False, **kwargs)

@@ -171,16 +171,26 @@ class AttentiveCutMix(MixMode):
         self._renormalise = not (_same(self.mean, self.extractor_mean) and _same(self.std, self.extractor_std))
         self._device: Optional[torch.device] = None
         if self.device is not None:
-            self._move_to(self.device)
+            try:
+                self._move_to(self.device)
+            except (RuntimeError, AssertionError) as e:
+                raise ValueError(f"attentive: device={str(self.device)!r} is not usable here ({e}); pass the "
+                                 "training device (train.py passes its --device)") from None
         first = next((m for m in self.extractor.modules() if isinstance(m, nn.Conv2d)), None)
         self._in_chans = first.in_channels if first is not None else None
+        if self._in_chans is not None and len(self.mean) != self._in_chans:
+            raise ValueError(f"attentive: data_config's mean/std have {len(self.mean)} value(s), for "
+                             f"{len(self.mean)}-channel images, but the extractor {self.extractor_name!r} takes "
+                             f"{self._in_chans} channels; give it {self._in_chans}-channel images (train.py: "
+                             f"--in-chans {self._in_chans} and a {self._in_chans}-value --mean/--std) or an extractor "
+                             f"built for {len(self.mean)}")
         p = next((q for q in self.extractor.parameters() if q.is_floating_point()), None)
         self._dtype = p.dtype if p is not None else torch.float32
         probe = torch.zeros(1, len(self.mean), extractor_size, extractor_size, device=self.device)
         try:
             maps = self.guidance_maps(probe, check_top_n=False)
         except ForwardError as e:
-            if first is None:
+            if first is None or not any(w in str(e).lower() for w in ('size', 'kernel')):
                 raise ValueError(f"attentive: extractor {self.extractor_name!r}: {e}: it is not a network that gives "
                                  "a spatial (N, C, h, w) feature map; pass a convolutional network "
                                  "(e.g. 'resnet50')") from None

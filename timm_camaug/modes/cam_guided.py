@@ -192,6 +192,11 @@ class CamGuidedMode(MixMode):
                 f"use cam_bn='eval' (train.py: {self._flag('cam_bn')} eval), or batches of 2 or more images")
         if not isinstance(e, RuntimeError):
             return None
+        p = next((q for q in self.model.parameters() if q.is_floating_point()), None)
+        if p is not None and x.device != p.device:
+            return ValueError(f"{self.name}: x is on {x.device} but the model is on {p.device}; move the model to the "
+                              f"batch's device (model.to({str(x.device)!r})) before building the mode, or the batch "
+                              "to the model's")
         conv = _first_conv(self.model)
         if conv is not None and x.shape[1] != conv[1].in_channels:
             return ValueError(
@@ -199,7 +204,6 @@ class CamGuidedMode(MixMode):
                 f"({conv[0]!r}) takes {conv[1].in_channels}; give the model {conv[1].in_channels}-channel images "
                 f"(e.g. grayscale repeated to RGB) or build it for {x.shape[1]} (timm.create_model(..., "
                 f"in_chans={x.shape[1]}); train.py: --in-chans {x.shape[1]})")
-        p = next((q for q in self.model.parameters() if q.is_floating_point()), None)
         if p is not None and x.dtype != p.dtype:
             xd, pd = str(x.dtype).replace('torch.', ''), str(p.dtype).replace('torch.', '')
             if x.dtype == torch.float64:
