@@ -287,3 +287,29 @@ def test_more_class_folders_than_num_classes_stops_at_start_up(tmp_path, capsys)
     class_map.write_text('class0\nclass1\nclass2\n')      # a class map picks the classes: 3 is fine
     assert parser.parse_args(['--mix-mode', 'snapmix', '--data-dir', str(tmp_path), '--class-map', str(class_map)])
     assert parser.parse_args(['--mix-mode', 'snapmix', '--data-dir', str(tmp_path), '--dataset', 'torch/cifar10'])
+
+
+@pytest.mark.parametrize('spec, expected', [
+    ('snapmix:0.5+cutmix:0.5', {'snapmix': 0.5, 'cutmix': 0.5}),
+    ('snapmix:0.3+cutmix:0.3', {'snapmix': 0.3, 'cutmix': 0.3}),
+    ('snapmix:0.2+cutmix:0.4+mixup:0.4', {'snapmix': 0.2, 'cutmix': 0.4, 'mixup': 0.4}),
+    ('gutout+snapmix', {'gutout': 0.5, 'snapmix': 0.5}),
+])
+def test_a_schedule_written_for_the_commands_is_the_same_schedule_in_train_py(spec, expected):
+    """demo --train-py writes a row 'a:p+cutmix:q' as train.py flags; parsed back, each member keeps its share
+    (timm's Mixup, drawn for the rest, splits it between CutMix and Mixup by --mixup-switch-prob and skips it
+    with 1 - --mixup-prob)."""
+    from timm_camaug.args import schedule_train_flags
+    args = _parser().parse_args(schedule_train_flags(spec))
+    mix = create_mix_fn(args, model=_model(), data_config={'input_size': (3, 32, 32)})
+    shares = dict(mix.member_names()) if isinstance(mix, Schedule) else {args.mix_mode: 1.0}
+    rest = shares.pop('timm Mixup', 0.0)
+    if rest:
+        timm_mix = mix.rest
+        cut = rest * timm_mix.prob * (timm_mix.switch_prob if timm_mix.mixup_alpha > 0 else 1.0)
+        if timm_mix.cutmix_alpha > 0:
+            shares['cutmix'] = cut
+        if timm_mix.mixup_alpha > 0:
+            shares['mixup'] = rest * timm_mix.prob - (cut if timm_mix.cutmix_alpha > 0 else 0.0)
+    shares.pop('none', None)
+    assert shares == {k: pytest.approx(v) for k, v in expected.items()}

@@ -221,13 +221,13 @@ def schedule_train_flags(spec: str) -> List[str]:
     if timm:
         rest = 1.0 - sum(p for _, p in ours)
         share = sum(p for _, p in timm)
-        by_name = dict(timm)
         for name, p in timm:
             flag = '--cutmix' if TIMM_PRESETS[name]['cutmix_alpha'] > 0 else '--mixup'
             alpha = TIMM_PRESETS[name]['cutmix_alpha'] or TIMM_PRESETS[name]['mixup_alpha']
             flags += [flag, f'{alpha:g}']
-        if len(timm) == 2:
-            flags += ['--mixup-switch-prob', f"{by_name.get('cutmix', 0) / share:.10g}"]
+        if len(timm) == 2:      # both: timm draws CutMix with --mixup-switch-prob
+            cut_share = sum(p for n, p in timm if TIMM_PRESETS[n]['cutmix_alpha'] > 0)
+            flags += ['--mixup-switch-prob', f"{cut_share / share:.10g}"]
         if rest > 0 and abs(share - rest) > 1e-9:
             flags += ['--mixup-prob', f'{share / rest:.10g}']
     return flags
