@@ -40,6 +40,7 @@ def files(tmp_path_factory):
     torch.save({'lr': 0.1, 'epoch': 3}, d / 'not_a_state_dict.pth')
     torch.save([torch.zeros(2)], d / 'a_list.pth')
     torch.save(model, d / 'pickled_module.pth')
+    torch.save(model, d / 'pickled_module_legacy.pth', _use_new_zipfile_serialization=False)
     torch.save({'arch': 'test_resnet', 'state_dict': model.state_dict()}, d / 'train_py_checkpoint.pth.tar')
     import safetensors.torch
     safetensors.torch.save_file(model.state_dict(), str(d / 'w.safetensors'))
@@ -105,6 +106,9 @@ BUILD_REFUSALS = {
         dict(extractor='test_resnet', extractor_checkpoint='{d}/pickled_module.pth'), ValueError,
         CKPT_FLAG + r"it holds pickled Python objects \((timm|torch)\..*\) besides tensors, which a safe "
         r"weights-only load does not run.*torch\.save\(model\.state_dict\(\), FILE\)"),
+    'checkpoint a pickled module, legacy format': (
+        dict(extractor='test_resnet', extractor_checkpoint='{d}/pickled_module_legacy.pth'), ValueError,
+        CKPT_FLAG + r"it holds pickled Python objects \(classes not allowed in a weights-only load\) besides tensors"),
     # attentive: the extractor's name, grid and size
     'extractor unknown': (
         dict(extractor='resnet5o'), ValueError,

@@ -106,6 +106,8 @@ def read_checkpoint(path: str) -> Any:
         return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
         unsafe = _unsafe_globals(path) if fmt == 'torch' else []
+        if not unsafe and fmt == 'torch' and 'unsupported global' in str(e).lower():   # the legacy (non-zip) format
+            unsafe = ['classes not allowed in a weights-only load']
         if unsafe:
             names = ', '.join(unsafe[:3]) + (' ...' if len(unsafe) > 3 else '')
             raise CheckpointError(
