@@ -28,6 +28,9 @@ def pytest_configure(config):
             torch.empty(1, device=device)
         except (RuntimeError, AssertionError) as e:
             raise pytest.UsageError(f"{DEVICE_ENV}={os.environ[DEVICE_ENV]}: that device is not usable here ({e})")
+    if device.type == 'cuda':   # the tests compare float32 results at float32 tolerances: no TF32 convolutions
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def pytest_report_header(config):
