@@ -376,7 +376,7 @@ def no_network(monkeypatch, tmp_path):
         calls.append(address)
         raise OSError(101, 'Network is unreachable')
     monkeypatch.setattr(socket, 'create_connection', refuse)
-    monkeypatch.setattr(extractor, '_REACHABLE', {})
+    monkeypatch.setattr(extractor, '_REACHABLE', {}, raising=False)
     for var in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'HF_ENDPOINT', 'https_proxy', 'HTTPS_PROXY',
                 'all_proxy', 'ALL_PROXY'):
         monkeypatch.delenv(var, raising=False)
