@@ -64,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument('--cache-dir', default=os.path.join(tempfile.gettempdir(), 'timm-camaug-bench'),
                    help='where the trained model is cached')
     p.add_argument('--vit-model', default='test_vit', help="the ViT of the TransMix table ('none': no ViT table)")
-    p.add_argument('--vit-kwargs', default='patch_size=8', help='comma-separated KEY=VALUE model kwargs of --vit-model')
+    p.add_argument('--vit-kwargs', default='', help='comma-separated KEY=VALUE model kwargs of --vit-model (e.g. patch_size=8)')
     p.add_argument('--vit-epochs', type=int, default=40)
     p.add_argument('--vit-lr', type=float, default=1e-3)
     p.add_argument('--quick', action='store_true', help='small training set, 3 epochs, 256 images mixed')
@@ -460,7 +460,9 @@ def main(argv=None):
     if vit is not None:
         print()
         kw = ', '.join(f'{k}={v}' for k, v in vit['kwargs'].items())
-        print(f"The same for a ViT: {args.vit_model} ({kw}), {args.vit_epochs} epochs on {args.train_size} images "
+        grid = 'x'.join(str(args.img_size // p) for p in vit_model.patch_embed.patch_size)
+        print(f"The same for a ViT: {args.vit_model}{f' ({kw})' if kw else ''}, a {grid} patch grid, "
+              f"{args.vit_epochs} epochs on {args.train_size} images "
               f"({vit['how']}); val top-1 {vit['acc']:.1f} %:")
         print()
         print(markdown_table(SAME_BOX_HEADER, _same_box_rows(vit['results'])))
