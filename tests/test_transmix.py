@@ -628,9 +628,6 @@ def test_member_of_a_schedule():
     assert drawn == {'transmix', 'cutmix'}
 
 
-@pytest.mark.xfail(strict=True, reason="schedule.py's _rest_instead takes every TimmMixup member for timm's own "
-                                       "Mixup, and TransMix is a TimmMixup subclass: before cam_start_epoch it is "
-                                       "drawn in place of itself (fix: type(m) is TimmMixup, or not guided_by_model)")
 def test_gives_way_before_cam_start_epoch():
     """Until cam_start_epoch TransMix (its labels follow the model under training's attention) gives way to the
     rest of the schedule."""

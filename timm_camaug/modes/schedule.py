@@ -219,7 +219,8 @@ class Schedule(MixMode):
         'snapmix:0.5+cutmix:0.5'); no mixing when there is neither."""
         if self.rest is not None:
             return len(self.members)
-        timm = [i for i, (_, p, m) in enumerate(self.members) if isinstance(m, TimmMixup) and p > 0]
+        timm = [i for i, (_, p, m) in enumerate(self.members)
+                if isinstance(m, TimmMixup) and not m.guided_by_model and p > 0]
         if not timm:
             return len(self.members)
         weights = torch.tensor([self.members[i][1] for i in timm], dtype=torch.float64)
