@@ -154,6 +154,10 @@ BUILD_REFUSALS = {
         dict(mode='gutout', cam_method='cam', cam_layer='layer3'), ValueError,
         r"gutout: cam_method='cam': the closed-form CAM exists only at the final feature map, not at "
         r"cam_layer='layer3'"),
+    'probe size with another channel count': (
+        dict(mode='snapmix', data_config={'input_size': (1, 64, 64)}), ValueError,
+        r"snapmix: the input size \(1, 64, 64\) \(data_config's input_size, else the model's own\) has 1 channel\(s\), "
+        r"but ResNet's first convolution \('conv1[.0]*'\) takes 3; pass data_config with the model's channel count"),
     # types (item 11, done by others: checked here)
     'num_classes not an int': (
         dict(mode='snapmix', num_classes=2.5), TypeError, r"snapmix: num_classes must be an int, got float 2\.5"),

@@ -128,11 +128,6 @@ class CamGuidedMode(MixMode):
         dev = p.device if p is not None else (self.device or torch.device('cpu'))
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         conv = _first_conv(self.model)
-        if conv is not None and size[0] != conv[1].in_channels:
-            raise ValueError(
-                f"{self.name}: the input size {tuple(size)} (data_config's input_size, else the model's own) has "
-                f"{size[0]} channel(s), but {type(self.model).__name__}'s first convolution ({conv[0]!r}) takes "
-                f"{conv[1].in_channels}; pass data_config with the model's channel count (train.py: --in-chans)")
         # two images, as BatchNorm in batch-statistics mode needs more than one value per channel; noise from a
         # generator of its own (the global random state is not touched), so that a map that is constant for
         # both images says something about the model, not about a blank input
@@ -145,6 +140,13 @@ class CamGuidedMode(MixMode):
                 f"{self.name}: {type(self.model).__name__} cannot take {size[-2]}x{size[-1]} inputs ({e}); build the "
                 f"model for the training size (timm.create_model(..., img_size=...); train.py: --model-kwargs "
                 f"img_size=<size>) or pass data_config with that input_size") from None
+        except ValueError as e:
+            if isinstance(e, OptionError) or conv is None or size[0] == conv[1].in_channels:
+                raise
+            raise ValueError(
+                f"{self.name}: the input size {tuple(size)} (data_config's input_size, else the model's own) has "
+                f"{size[0]} channel(s), but {type(self.model).__name__}'s first convolution ({conv[0]!r}) takes "
+                f"{conv[1].in_channels}; pass data_config with the model's channel count (train.py: --in-chans)") from None
         finally:
             self._probing = False
         self._report_degenerate(startup=True)
