@@ -156,6 +156,22 @@ def test_train_loss_adds_the_branch_loss_exactly_once_per_step():
         loss.backward()
 
 
+def test_compiled_model_keeps_the_auxiliary_output():
+    """train.py --torchcompile: the compiled forward still leaves the branch's logits on the plain module (where the
+    wrapped loss looks), with their graph, in one graph without recompiles."""
+    from torch._dynamo.utils import counters
+    from timm_camaug.train_glue import training_module
+    torch._dynamo.reset()
+    model = _model().train()
+    compiled = torch.compile(model, backend='eager')
+    x, y = _batch()
+    for _ in range(2):
+        out = compiled(x)
+        (aux,) = training_module(compiled).pop_auxiliary_outputs()
+        (F.cross_entropy(out, y) + F.cross_entropy(aux, y)).backward()
+    assert model.mid_fc.weight.grad is not None and int(counters['stats']['unique_graphs']) == 1
+
+
 def test_mix_mode_cam_forwards_leave_no_auxiliary_output():
     """SnapMix (closed-form CAM of the main head) and a hooked Grad-CAM forward on the training model: nothing
     is left for the loss, and a pending training output is not disturbed by them."""
