@@ -16,27 +16,39 @@ from timm_camaug.train_loop import RunResult, train_synthetic
 from timm_camaug.train_py_runner import EpochProgress, parse_train_py_result
 from timm_camaug.synthetic import make_split
 
-TINY = ['--epochs', '1', '--train-size', '64', '--val-size', '32', '--batch-size', '32', '--img-size', '32',
-        '--no-progress']
+TINY_ANY_SEEDS = ['--epochs', '1', '--train-size', '64', '--val-size', '32', '--batch-size', '32', '--img-size', '32',
+                  '--no-progress']
+TINY = TINY_ANY_SEEDS + ['--seeds', '1']
+HEADER = '| mix mode | seeds | val top-1 (%) | vs no mix | vs cutmix | time (s) |'
 
-ROW = re.compile(r'^\| (\S+) \| ([0-9.]+) \| ([+-][0-9.]+)? \| ([0-9]+) \|$', re.M)
+
+def _table(text):
+    """{row: [cells after the row's name]} of the demo's table."""
+    out = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if line.startswith('| ') and len(cells) > 2 and cells[1].isdigit():
+            out[cells[0]] = cells[1:]
+    return out
 
 
 def _rows(text):
-    return {m.group(1): float(m.group(2)) for m in ROW.finditer(text)}
+    """{row: mean validation top-1} of the demo's table."""
+    return {row: float(cells[1].split(' ± ')[0]) for row, cells in _table(text).items()}
 
 
 def test_demo_own_loop_prints_accuracy_table(capsys):
     assert main(['demo', '--mix-mode', 'snapmix', '--seed', '1'] + TINY) == 0
     out = capsys.readouterr().out
-    assert 'synthetic fine-grained set: 8 classes, 64 train / 32 val images at 32 px' in out
-    assert '| mix mode | val top-1 (%) | vs no mix | time (s) |' in out
+    assert 'synthetic fine-grained set: 8 classes, 64 train / 32 val images at 32 px (seed 1)' in out
+    assert HEADER in out
     rows = _rows(out)
     assert set(rows) == {'none', 'snapmix'}
     # 32 validation images: accuracies are multiples of 1/32
     for v in rows.values():
         assert 0.0 <= v <= 100.0 and abs(v * 32 / 100 - round(v * 32 / 100)) < 0.02
     assert 'chance level 12.5 %' in out
+    assert 'One seed per row: it cannot separate the rows' in out
 
 
 def test_train_synthetic_is_reproducible_and_learns():
@@ -106,12 +118,84 @@ def test_demo_mode_list_and_errors(capsys):
         main(['demo', '--output', 'x'] + TINY)
     with pytest.raises(SystemExit, match=r"unknown timm model 'resnet_nope'"):
         main(['demo', '--model', 'resnet_nope'] + TINY)
+    with pytest.raises(SystemExit, match=r'--seeds must be >= 1'):
+        main(['demo'] + TINY + ['--seeds', '0'])
+    with pytest.raises(SystemExit, match=r'--data parts is scored on its hidden-part test splits by the demo'):
+        main(['demo', '--data', 'parts', '--train-py', 'train.py'] + TINY)
 
 
-def test_format_table():
-    table = format_table([RunResult('none', 80.0, 12.3, 2), RunResult('snapmix', 82.5, 20.0, 2)])
-    assert table.splitlines()[2] == '| none | 80.0 |  | 12 |'
-    assert table.splitlines()[3] == '| snapmix | 82.5 | +2.5 | 20 |'
+def test_format_table_mean_std_and_paired_differences():
+    """Hand-computed: means, sample standard deviations, and the per-seed differences' mean and std."""
+    top1 = {'none': (80, 82, 84), 'cutmix': (81, 85, 83), 'snapmix': (79, 80, 90)}
+    results = [RunResult(row, float(v), 10.0 * (seed + 1), 2, seed=seed)
+               for seed in range(3) for row, values in top1.items() for v in [values[seed]]]
+    lines = format_table(results).splitlines()
+    assert lines[0] == HEADER
+    assert lines[2] == '| none | 3 | 82.0 ± 2.0 |  | -1.0 ± 2.0 | 20 |'
+    assert lines[3] == '| cutmix | 3 | 83.0 ± 2.0 | +1.0 ± 2.0 |  | 20 |'
+    # snapmix - none per seed: -1, -2, +6 (std sqrt(19)); snapmix - cutmix: -2, -5, +7 (std sqrt(39))
+    assert lines[4] == '| snapmix | 3 | 83.0 ± 6.1 | +1.0 ± 4.4 | +0.0 ± 6.2 | 20 |'
+    # one seed: no spread; no baseline: no 'vs no mix'
+    one = format_table([RunResult('cutmix', 80.0, 12.3, 2), RunResult('snapmix', 82.5, 20.0, 2)]).splitlines()
+    assert one[2:] == ['| cutmix | 1 | 80.0 |  |  | 12 |', '| snapmix | 1 | 82.5 |  | +2.5 | 20 |']
+
+
+def test_format_table_hidden_parts():
+    hidden = lambda a, b, c: {'head hidden': a, 'wing hidden': b, 'tail hidden': c}  # noqa: E731
+    lines = format_table([RunResult('none', 99.0, 5.0, 2, extra=hidden(60.0, 70.0, 80.0)),
+                          RunResult('gutout', 98.0, 6.0, 2, extra=hidden(65.0, 75.0, 85.0))]).splitlines()
+    assert lines[0] == ('| mix mode | seeds | val top-1 (%) | vs no mix | vs cutmix | one part hidden (%) | vs no mix '
+                        '| vs cutmix | time (s) |')
+    assert lines[3] == '| gutout | 1 | 98.0 | -1.0 |  | 75.0 | +5.0 |  | 6 |'
+
+
+def test_summary_says_what_the_table_can_tell():
+    args = argparse.Namespace(train_size=1024, num_classes=8, epochs=10)
+    saturated = [RunResult('none', 99.0, 1.0, 10, seed=0), RunResult('snapmix', 96.0, 1.0, 10, seed=0)]
+    lines = demo.summary(saturated, args)
+    assert lines[0].startswith('One seed per row: it cannot separate the rows')
+    assert lines[1].startswith('No mixing reaches 99.0 % here: with 1024 images of 8 classes and 10 epochs')
+    assert 'this short schedule favours no mixing' in lines[1]
+    spread = [RunResult('none', 70.0 + s, 1.0, 10, seed=s) for s in range(2)]
+    lines = demo.summary(spread, args)
+    assert len(lines) == 1 and lines[0].startswith('± is the standard deviation over 2 seeds')
+
+
+def test_demo_default_comparison_has_the_reference_and_spread(monkeypatch, capsys):
+    """Without --mix-mode: no mixing, timm's CutMix (the reference) and the registry's first mode, each over
+    --seeds seeds, their mean and spread the mean and std of the runs (read back from --json)."""
+    from timm_camaug.modes import mix_modes
+    assert demo.default_rows() == ['cutmix', mix_modes()[0]]
+    argv = TINY_ANY_SEEDS + ['--seeds', '2', '--num-classes', '4']
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'r.json')
+        assert main(['demo'] + argv + ['--json', path]) == 0
+        results = json.load(open(path))['results']
+    out = capsys.readouterr().out
+    table = _table(out)
+    assert list(table) == ['none', 'cutmix', mix_modes()[0]]
+    assert [(r['mode'], r['seed']) for r in results] == [(m, s) for s in (0, 1) for m in table]
+    import statistics
+    for row, cells in table.items():
+        values = [r['top1'] for r in results if r['mode'] == row]
+        assert cells[0] == '2' and cells[1] == f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}'
+    assert '± is the standard deviation over 2 seeds' in out
+
+
+def test_demo_timm_rows(capsys):
+    assert main(['demo', '--mix-mode', 'cutmix,mixup', '--no-baseline'] + TINY) == 0
+    assert set(_rows(capsys.readouterr().out)) == {'cutmix', 'mixup'}
+
+
+def test_demo_parts_scores_hidden_parts(capsys):
+    assert main(['demo', '--data', 'parts', '--mix-mode', 'gutout', '--num-classes', '4'] + TINY) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('parts set (head, wing and tail): 4 classes')
+    cells = _table(out)['gutout']
+    assert len(cells) == 8 and 0.0 <= float(cells[4]) <= 100.0 and cells[5].startswith(('+', '-'))
+    with pytest.raises(SystemExit, match=r'--num-classes must be in 2\.\.8 with --data parts'):
+        main(['demo', '--data', 'parts', '--num-classes', '12'] + TINY)
 
 
 # ---------------------------------------------------------------- the train.py path, with a fake train.py
@@ -143,7 +227,9 @@ FAKE_TRAIN_PY = textwrap.dedent('''\
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(os.path.dirname(args.data_dir), 'calls.jsonl'), 'a') as f:
         f.write(json.dumps({'argv': sys.argv[1:], 'args': vars(args)}) + '\\n')
-    score = {'none': 50.0, 'snapmix': 61.5, 'gutout': 47.5, 'attentive': 55.0, 'cam-erase': 52.0}[args.mix_mode]
+    # timm's own rows: --mix-mode none with train.py's --cutmix / --mixup
+    score = 58.0 if '--cutmix' in sys.argv else 56.0 if '--mixup' in sys.argv else \
+        {'none': 50.0, 'snapmix': 61.5, 'gutout': 47.5, 'attentive': 55.0, 'cam-erase': 52.0}[args.mix_mode]
     results = []
     for epoch in range(args.epochs):
         # timm's log lines: a training step's line, validation's last batch
@@ -182,12 +268,12 @@ def test_demo_drives_a_patched_train_py(fake_train_py, tmp_path, capsys):
     work = tmp_path / 'work'
     rc = main(['demo', '--train-py', str(fake_train_py), '--mix-mode', 'snapmix,gutout,cam-erase', '--epochs', '3',
                '--train-size', '24', '--val-size', '16', '--batch-size', '8', '--img-size', '32', '--num-classes',
-               '4', '--output', str(work), '--no-progress'])
+               '4', '--output', str(work), '--seeds', '1', '--no-progress'])
     assert rc == 0
     out = capsys.readouterr().out
     # the last epoch's validation top-1 of each run, whatever order train.py lists them in
     assert _rows(out) == {'none': 50.0, 'snapmix': 61.5, 'gutout': 47.5, 'cam-erase': 52.0}
-    assert '| snapmix | 61.5 | +11.5 |' in out and '| gutout | 47.5 | -2.5 |' in out
+    assert '| snapmix | 1 | 61.5 | +11.5 |' in out and '| gutout | 1 | 47.5 | -2.5 |' in out
     calls = _calls(work)
     assert [c['args']['mix_mode'] for c in calls] == ['none', 'snapmix', 'gutout', 'cam-erase']
     a = calls[1]['args']
@@ -208,7 +294,7 @@ def test_demo_train_py_attentive_gets_the_offline_extractor(fake_train_py, tmp_p
     work = tmp_path / 'work'
     assert main(['demo', '--train-py', str(fake_train_py), '--mix-mode', 'attentive', '--no-baseline', '--epochs',
                  '1', '--train-size', '8', '--val-size', '8', '--batch-size', '8', '--img-size', '32',
-                 '--output', str(work), '--no-progress']) == 0
+                 '--output', str(work), '--seeds', '1', '--no-progress']) == 0
     (call,) = _calls(work)
     a = call['args']
     assert a['attentive_extractor'] == 'efficientnet_lite0'
@@ -225,9 +311,28 @@ def test_demo_train_py_temporary_directory_is_removed(fake_train_py, tmp_path, m
     import tempfile
     monkeypatch.setattr(tempfile, 'tempdir', None)
     assert main(['demo', '--train-py', str(fake_train_py), '--no-baseline', '--epochs', '1', '--train-size', '8',
-                 '--val-size', '8', '--batch-size', '8', '--img-size', '32', '--no-progress']) == 0
+                 '--val-size', '8', '--batch-size', '8', '--img-size', '32', '--seeds', '1', '--no-progress']) == 0
     assert os.listdir(tmp_path / 'tmp') == []
-    assert _rows(capsys.readouterr().out) == {'snapmix': 61.5}
+    # the default comparison: timm's CutMix (train.py's own --cutmix) and the registry's first mode
+    assert _rows(capsys.readouterr().out) == {'cutmix': 58.0, 'snapmix': 61.5}
+
+
+def test_demo_train_py_runs_each_seed_on_its_own_data(fake_train_py, tmp_path, capsys):
+    work = tmp_path / 'work'
+    assert main(['demo', '--train-py', str(fake_train_py), '--mix-mode', 'snapmix', '--epochs', '1', '--train-size',
+                 '8', '--val-size', '8', '--batch-size', '8', '--img-size', '32', '--seeds', '2', '--seed', '5',
+                 '--output', str(work), '--no-progress']) == 0
+    calls = [c['args'] for c in _calls(work)]
+    assert [(a['mix_mode'], a['seed'], a['experiment'], os.path.basename(a['data_dir'])) for a in calls] == [
+        ('none', 5, 'none-seed5', 'data-seed5'), ('snapmix', 5, 'snapmix-seed5', 'data-seed5'),
+        ('none', 6, 'none-seed6', 'data-seed6'), ('snapmix', 6, 'snapmix-seed6', 'data-seed6')]
+    # each seed's images come from that seed
+    from timm_camaug.synthetic import load_part_masks
+    for seed in (5, 6):
+        assert load_part_masks(str(work / f'data-seed{seed}'))['labels'].tolist() == \
+            make_split('val', 8, 32, seed)[1].tolist()
+    table = _table(capsys.readouterr().out)
+    assert table['snapmix'][:3] == ['2', '61.5 ± 0.0', '+11.5 ± 0.0']
 
 
 def test_demo_train_py_failure_is_reported(fake_train_py, tmp_path, monkeypatch):
@@ -235,7 +340,8 @@ def test_demo_train_py_failure_is_reported(fake_train_py, tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match=r'(?s)train\.py failed for --mix-mode snapmix \(exit code 3\).*'
                                          r'something broke'):
         main(['demo', '--train-py', str(fake_train_py), '--epochs', '1', '--train-size', '8', '--val-size', '8',
-              '--batch-size', '8', '--img-size', '32', '--output', str(tmp_path / 'w'), '--no-progress'])
+              '--batch-size', '8', '--img-size', '32', '--output', str(tmp_path / 'w'), '--seeds', '1',
+              '--no-progress'])
 
 
 def test_demo_refuses_unpatched_train_py_and_busy_output(tmp_path, fake_train_py):
@@ -278,8 +384,8 @@ def test_demo_train_py_reports_the_final_epoch_beyond_the_ten_best(fake_train_py
     """12 epochs, the final one the worst: train.py's --result JSON leaves it out; summary.csv has it."""
     monkeypatch.setenv('FAKE_TRAIN_FINAL_DIP', '1')
     work = tmp_path / 'work'
-    argv = ['demo', '--train-py', str(fake_train_py), '--epochs', '12', '--train-size', '8', '--val-size', '8',
-            '--batch-size', '8', '--img-size', '32', '--no-progress']
+    argv = ['demo', '--train-py', str(fake_train_py), '--mix-mode', 'snapmix', '--epochs', '12', '--train-size', '8',
+            '--val-size', '8', '--batch-size', '8', '--img-size', '32', '--seeds', '1', '--no-progress']
     assert main(argv + ['--output', str(work), '--json', str(tmp_path / 'r.json')]) == 0
     assert _rows(capsys.readouterr().out) == {'none': 30.0, 'snapmix': 41.5}
     results = json.loads((tmp_path / 'r.json').read_text())['results']
@@ -328,8 +434,9 @@ def _record_bars(monkeypatch):
 
 def test_demo_train_py_progress_bar_counts_finished_epochs(fake_train_py, tmp_path, monkeypatch):
     bars = _record_bars(monkeypatch)
-    assert main(['demo', '--train-py', str(fake_train_py), '--epochs', '3', '--train-size', '8', '--val-size', '8',
-                 '--batch-size', '8', '--img-size', '32', '--output', str(tmp_path / 'w')]) == 0
+    assert main(['demo', '--train-py', str(fake_train_py), '--mix-mode', 'snapmix', '--epochs', '3', '--train-size',
+                 '8', '--val-size', '8', '--batch-size', '8', '--img-size', '32', '--seeds', '1',
+                 '--output', str(tmp_path / 'w')]) == 0
     assert [(b.total, b.n, b.closed) for b in bars] == [(3, 3, True), (3, 3, True)]
 
 
@@ -381,7 +488,7 @@ def test_demo_through_the_real_patched_train_py(tmp_path, monkeypatch, capsys):
     bars = _record_bars(monkeypatch)
     work = tmp_path / 'work'
     assert main(['demo', '--train-py', str(train_py), '--mix-mode', 'snapmix', '--epochs', '2', '--train-size', '32',
-                 '--val-size', '16', '--batch-size', '16', '--img-size', '32', '--num-classes', '4',
+                 '--val-size', '16', '--batch-size', '16', '--img-size', '32', '--num-classes', '4', '--seeds', '1',
                  '--output', str(work), '--json', str(tmp_path / 'r.json')]) == 0
     rows = _rows(capsys.readouterr().out)
     results = json.loads((tmp_path / 'r.json').read_text())['results']
