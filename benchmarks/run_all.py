@@ -47,6 +47,12 @@ BENCHMARKS = {
                           'extension, other maps of a ViT) on TransMix\'s own boxes.'),
     'label_fidelity_128': ('Label fidelity, 128 px', ['label_fidelity.py', '--img-size', '128', '--vit-model', 'none'],
                            'As above at 128 px (a finer CAM grid for the same model).'),
+    # hours of CPU: every run is kept in benchmarks/results/accuracy.json as it ends, so an interrupted run resumes
+    'accuracy': ('Does it help? Accuracy per mode over seeds', ['accuracy.py'],
+                 'Validation top-1 of no mixing, timm\'s CutMix and Mixup and each mode, mean ± std over 3 seeds, in '
+                 'the regimes the papers argue from (fine-tuning an ImageNet network on 32 images per class; '
+                 'classes that differ in several parts, tested with one part hidden), and the runs that explain '
+                 'SnapMix\'s result (`benchmarks/accuracy.py`).'),
 }
 
 
