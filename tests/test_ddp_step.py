@@ -45,7 +45,7 @@ def _worker(rank, init_file, checkpoint, result_dir):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from timm_camaug import add_args
-    from timm_camaug.train_glue import create_train_mix_fn
+    from timm_camaug.train_glue import create_train_mix_fn, wrap_train_loss
 
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=WORLD)
@@ -65,13 +65,14 @@ def _worker(rank, init_file, checkpoint, result_dir):
                 argv += ['--cam-erase-warmup-epochs', '0', '--cam-erase-prob', '1.0']
             args = parser.parse_args(argv)
             args.num_classes, args.smoothing, args.epochs, args.rank = K, 0.1, 1, rank
-            mix_fn = create_train_mix_fn(args, ddp, data_config={'input_size': (3, 48, 48)}, device='cpu')
+            loss_fn = wrap_train_loss(SoftTargetCrossEntropy(), args, ddp)   # patch part 6, as train.py calls it
+            mix_fn = create_train_mix_fn(args, ddp, data_config={'input_size': (3, 48, 48)}, device='cpu',
+                                         loss_fn=loss_fn, exit_on_error=False)
             problems = []       # recorded, not raised: one rank raising would leave the other in all_gather
             if mix_fn.uses_model and mix_fn.model is not model:
                 problems.append('the mix function must hold the unwrapped module')
             mix_fn.set_epoch(0)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
-            loss_fn = SoftTargetCrossEntropy()
             g = torch.Generator().manual_seed(1000 + rank)      # each rank its own data
             torch.manual_seed(2000 + rank)                      # ... and its own mixes
             ddp.train()

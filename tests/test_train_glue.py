@@ -137,8 +137,10 @@ def test_create_train_mix_fn_errors():
 
 
 @pytest.mark.parametrize('extra, message', [
-    (('--snapmix-cam-layer', 'layer9'), r"argument --snapmix-cam-layer: snapmix: cam_layer='layer9'"),
-    (('--snapmix-cam-layer', 'fc'), r"argument --snapmix-cam-layer: snapmix: cam_layer='fc'"),
+    (('--snapmix-cam-layer', 'layer9'), r"snapmix: cam_layer='layer9': no module named 'layer9' in ResNet; close "
+                                        r"names: layer4.*\(train.py: --snapmix-cam-layer NAME\)"),
+    (('--snapmix-cam-layer', 'fc'), r"snapmix: cam_layer='fc': ResNet has no spatial feature map at target layer "
+                                    r"'fc'.*\(train.py: --snapmix-cam-layer NAME\)"),
 ])
 def test_start_up_problems_end_like_train_pys_argument_errors(extra, message, capsys, monkeypatch):
     """A problem found while building the mix function: one line on stderr naming the flag, exit 2, no

@@ -107,7 +107,9 @@ def startup_message(e: BaseException) -> str:
     """One line for a problem found while building the mix function, as train.py's own argument errors read:
     the flag when an option's value is the problem, else the message."""
     if isinstance(e, OptionError) and getattr(e, 'mode', None):
-        return f"argument {Option(e.option, None, '').flag(e.mode)}: {e}"
+        flag = Option(e.option, None, '').flag(e.mode)
+        if flag not in str(e):      # messages that name their flag already are printed as they are
+            return f"argument {flag}: {e}"
     return str(e)
 
 
