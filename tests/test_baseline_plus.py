@@ -162,6 +162,7 @@ def test_compiled_model_keeps_the_auxiliary_output():
     from torch._dynamo.utils import counters
     from timm_camaug.train_glue import training_module
     torch._dynamo.reset()
+    graphs = int(counters['stats']['unique_graphs'])       # a process-wide count: earlier tests compiled too
     model = _model().train()
     compiled = torch.compile(model, backend='eager')
     x, y = _batch()
@@ -169,7 +170,7 @@ def test_compiled_model_keeps_the_auxiliary_output():
         out = compiled(x)
         (aux,) = training_module(compiled).pop_auxiliary_outputs()
         (F.cross_entropy(out, y) + F.cross_entropy(aux, y)).backward()
-    assert model.mid_fc.weight.grad is not None and int(counters['stats']['unique_graphs']) == 1
+    assert model.mid_fc.weight.grad is not None and int(counters['stats']['unique_graphs']) - graphs == 1
 
 
 def test_mix_mode_cam_forwards_leave_no_auxiliary_output():
