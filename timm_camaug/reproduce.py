@@ -35,24 +35,21 @@ __all__ = ['PAPER_TOP1', 'PAPER_SOURCE', 'PAPER_MISSING', 'Run', 'ReproduceError
            'train_py_options', 'plan_runs', 'run_command', 'check_output', 'run_status', 'summarize', 'register',
            'run']
 
+def _paper_table() -> Dict[str, Any]:
+    """The SnapMix paper's figures, kept as data (``timm_camaug/tables/snapmix_paper.json``)."""
+    from importlib import resources
+    return json.loads(resources.files('timm_camaug.tables').joinpath('snapmix_paper.json').read_text('utf-8'))
+
+
+_PAPER = _paper_table()
 # --- the paper's figures: top-1 (%) with ResNet-50 at 448 px, by config row and dataset
-PAPER_SOURCE = ('SnapMix paper (Huang et al., AAAI 2021, arXiv 2012.04846), ResNet-50 at 448 px, 200 epochs; the '
-                "same figures are in the authors' README (github.com/Shaoli-Huang/SnapMix)")
-PAPER_TOP1: Dict[str, Dict[str, float]] = {
-    'baseline': {'cub': 85.49, 'cars': 93.04, 'aircraft': 91.07},
-    'snapmix': {'cub': 87.75, 'cars': 94.30, 'aircraft': 92.08},
-    'baseline-plus': {'cub': 87.13, 'cars': 93.80, 'aircraft': 91.68},
-    'baseline-plus-snapmix': {'cub': 88.70, 'cars': 95.00, 'aircraft': 93.24},
-}
+PAPER_SOURCE: str = _PAPER['source']
+PAPER_TOP1: Dict[str, Dict[str, float]] = _PAPER['top1']
 # rows the paper has but this table leaves empty, and why (never a number that could not be checked)
-PAPER_MISSING: Dict[str, str] = {
-    row: (f"the paper's {name} row could not be read when this table was built (its result tables were not "
-          f"available offline, and the authors' README lists no {name} row); add it to PAPER_TOP1 from the paper")
-    for row, name in (('cutmix', 'CutMix'), ('mixup', 'Mixup'))
-}
+PAPER_MISSING: Dict[str, str] = _PAPER['missing']
 
 DEFAULT_DATASETS = ('cub', 'cars', 'aircraft')
-DEFAULT_MODES = ('none', 'mixup', 'cutmix', 'snapmix', 'baseline-plus', 'baseline-plus-snapmix')
+DEFAULT_MODES = tuple(_PAPER['default_rows'])
 DEFAULT_SEEDS = (0, 1, 2)
 NO_MIX = 'none'                 # --modes name of the no-mixing row: <dataset>_baseline.yaml
 BASELINE_ROW = 'baseline'
