@@ -214,44 +214,6 @@ def attention_rollout(model, x):
     return rollout[:, 0, model.num_prefix_tokens:]
 
 
-def value_class_maps(model, x, labels_list):
-    """Per label, (B, gh, gw) the class token's last attention output split by key token and read by the
-    classifier: for token j, ``sum_heads a_hj v_hj``, through the output projection (and LayerScale), centred
-    and scaled by the final norm's weight, dotted with the class's classifier row (the final norm's per-sample
-    scale and the MLP are left out)."""
-    from timm_camaug.attention import find_class_attention
-    spec = find_class_attention(model)
-    attn_mod = spec.module
-    captured = {}
-    h = attn_mod.register_forward_pre_hook(lambda m, a, k: captured.update(x=a[0].detach()), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        h.remove()
-    t = captured['x'].float()
-    from timm_camaug.attention import class_attention_rows
-    rows = class_attention_rows(spec, t, {})                       # (B, H, N)
-    b, n, d = t.shape
-    heads = attn_mod.num_heads
-    w, bias = attn_mod.qkv.weight.float(), attn_mod.qkv.bias
-    v = torch.nn.functional.linear(t, w[2 * d:], None if bias is None else bias.float()[2 * d:])
-    v = v.view(b, n, heads, d // heads)                            # (B, N, H, hd)
-    per_token = (rows.transpose(1, 2)[..., None] * v).reshape(b, n, d)   # a_hj v_hj, heads concatenated
-    out = torch.nn.functional.linear(per_token, attn_mod.proj.weight.float())
-    ls = getattr(model.blocks[-1], 'ls1', None)
-    if ls is not None and hasattr(ls, 'gamma'):
-        out = out * ls.gamma.float()
-    out = out - out.mean(-1, keepdim=True)
-    norm_w = getattr(model.norm, 'weight', None)
-    direction = model.head.weight.float() * (norm_w.float() if norm_w is not None else 1.0)
-    npt = spec.num_prefix_tokens
-    patches = out[:, npt:]
-    from timm_camaug.cam import _token_grid
-    gh, gw = _token_grid(model, patches.shape[1], tuple(x.shape[-2:]))
-    return [torch.einsum('bpd,bd->bp', patches, direction[y]).view(b, gh, gw) for y in labels_list]
-
-
 def same_box_table(model, args, data_config, x_all, labels, masks, kind):
     """Every rule of the TransMix table on TransMix's own CutMix boxes (one draw sequence for all rules).
 
@@ -269,18 +231,17 @@ def same_box_table(model, args, data_config, x_all, labels, masks, kind):
     logging.getLogger('timm_camaug.modes.snapmix').setLevel(logging.ERROR)    # the ViT's SPM is Grad-CAM: known
     snap = timm_camaug.create_mix_fn('snapmix', model=model, num_classes=args.num_classes, data_config=data_config,
                                      cam_bn='eval')
+    value = None
+    if kind == 'vit':       # the extension's ViT map, on the same draws (same generator seed)
+        value = timm_camaug.create_mix_fn('transmix', model=model, num_classes=args.num_classes,
+                                          data_config=data_config, generator=torch.Generator().manual_seed(args.seed),
+                                          mixup_alpha=0.0, label_map='value')
     parts: Dict[str, list] = {}
-    timings: Dict[str, float] = {}
 
     def add(name, w_a, w_b, vis_a, vis_b, keep):
+        w_a, w_b = w_a.detach(), w_b.detach()
         parts.setdefault(name, []).append((fd.fidelity_errors(w_a, vis_a, w_b, vis_b, keep),
                                            fd.share_errors(w_a, w_b, vis_a, vis_b, keep)))
-
-    def timed(name, fn):
-        t = time.perf_counter()
-        out = fn()
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t
-        return out
 
     for i in range(0, args.val_size - args.batch_size + 1, args.batch_size):
         sl = slice(i, i + args.batch_size)
@@ -301,16 +262,21 @@ def same_box_table(model, args, data_config, x_all, labels, masks, kind):
             rule['attention only (ratio 1)'] = params.evidence
             grid = (h // int(model.patch_embed.patch_size[0]), w // int(model.patch_embed.patch_size[1]))
             mask = patch_box_mask(params.boxes, (h, w), grid)
-            roll = timed('attention rollout', lambda: attention_rollout(model, xm))
+            roll = attention_rollout(model, xm)
             rule['attention rollout only'] = transmix_pasted_weight(roll, mask, area, 1.0)[0]
             rule['(area + attention rollout) / 2'] = transmix_pasted_weight(roll, mask, area, 0.5)[0]
             cover = cell_box_cover(params.boxes, (h, w), grid)
-            ga = timed('Grad-CAM', lambda: layer_maps(model, xm, y, method='gradcam').maps)
+            ga = layer_maps(model, xm, y, method='gradcam').maps
             gb = layer_maps(model, xm, y[perm], method='gradcam').maps
             rule['Grad-CAM of the mixed image (extension rule)'] = cam_pasted_share(ga, gb, cover, area)
-            va, vb = timed('value-weighted', lambda: value_class_maps(model, xm, [y, y[perm]]))
-            rule['value-weighted class attention (extension rule)'] = cam_pasted_share(va, vb, cover, area)
-            rule['(area + value-weighted class attention) / 2'] = 0.5 * area + 0.5 * cam_pasted_share(va, vb, cover, area)
+            v_params = value.make_params(x, y)
+            assert torch.equal(v_params.boxes, params.boxes)
+            v_mixed, v_soft = value.apply(x, y, v_params)
+            with torch.no_grad():
+                model(v_mixed)
+            value.finalize(v_soft)
+            rule["value-weighted class attention (extension rule; label_map='value')"] = v_params.evidence
+            rule['(area + value-weighted class attention) / 2'] = 0.5 * area + 0.5 * v_params.evidence
         else:
             rule['extension: class maps of the mixed image (our rule, cam_ratio 1)'] = params.evidence
             rule['extension, cam_ratio 0.5 (half area)'] = 0.5 * area + 0.5 * params.evidence
@@ -327,7 +293,7 @@ def same_box_table(model, args, data_config, x_all, labels, masks, kind):
                 e_a + e_b > 0, e_b / (e_a + e_b).clamp_min(1e-12), area)
         for name, w_b in rule.items():
             add(name, 1.0 - w_b, w_b, vis_a, vis_b, keep)
-        spm = timed('SnapMix SPM', lambda: snap.guidance_maps(x, y))
+        spm = snap.guidance_maps(x, y)
         s_a, s_b = snapmix_label_weights(spm, y, perm, params.boxes, params.boxes, params.active)
         add("SnapMix's rule (SPM of the unmixed images; share: normalised)", s_a, s_b, vis_a, vis_b, keep)
     results = {}
@@ -340,7 +306,7 @@ def same_box_table(model, args, data_config, x_all, labels, masks, kind):
     for r in results.values():
         r['ratio_to_area'] = r['mae'] / ref['mae']
         r['share_ratio_to_area'] = r['share_mae'] / ref['share_mae']
-    return results, timings
+    return results
 
 
 def _aggregate(parts):
@@ -423,7 +389,7 @@ def main(argv=None):
                      f"{r['share_mae']:.3f}" if shares else '-',
                      f"{r['share_ratio_to_cutmix']:.2f}" if shares else '-'])
 
-    cnn_same, cnn_times = same_box_table(model, args, data_config, x_all, labels, masks, 'cnn')
+    cnn_same = same_box_table(model, args, data_config, x_all, labels, masks, 'cnn')
     vit = None
     if args.vit_model != 'none':
         vit_kwargs = parse_kwargs(args.vit_kwargs)
@@ -432,7 +398,7 @@ def main(argv=None):
         vit_x = normalize(images.float() / 255.0, vit_config['mean'], vit_config['std'])
         with torch.no_grad():
             vit_acc = float((vit_model(vit_x).argmax(1) == labels).float().mean()) * 100
-        vit_same, vit_times = same_box_table(vit_model, args, vit_config, vit_x, labels, masks, 'vit')
+        vit_same = same_box_table(vit_model, args, vit_config, vit_x, labels, masks, 'vit')
         vit = dict(how=vit_how, acc=vit_acc, results=vit_same, kwargs=vit_kwargs)
 
     print(f"Label fidelity on the synthetic fine-grained set ({args.num_classes} classes, {args.img_size} px, "

@@ -260,3 +260,29 @@ def test_no_feature_site():
             return x.mean((2, 3))
     with pytest.raises(NoFeatureMap, match='Plain has no forward_features/forward_head'):
         find_feature_site(Plain(), torch.zeros(2, 3, 8, 8))
+
+
+VALUE_FAMILIES = [f for f in FAMILIES if f[0] in ('vit_tiny_patch16_224', 'deit_tiny_distilled_patch16_224',
+                                                   'eva02_tiny_patch14_224', 'vit_small_patch16_rope_224',
+                                                   'beit_base_patch16_224', 'cait_xxs24_224')]
+
+
+@pytest.mark.parametrize('name,kw,family', VALUE_FAMILIES, ids=[f'{n}-{"-".join(k for k in kw if k != "img_size")}'
+                                                                for n, kw, _ in VALUE_FAMILIES])
+def test_value_contributions_sum_to_the_class_output(name, kw, family):
+    """Each key token's share of the class token's attention output: with the projection's bias they add up to
+    the module's own (fused) output for the class token."""
+    from timm_camaug.attention import class_value_contributions
+    model = _perturbed(name, **kw).eval()
+    spec = find_class_attention(model)
+    capture, outputs = ForwardCapture(spec.module), []
+    handle = spec.module.register_forward_hook(lambda m, a, o: outputs.append(o.detach()))
+    capture.arm()
+    with torch.no_grad():
+        model(torch.randn(2, 3, kw['img_size'], kw['img_size']))
+    handle.remove()
+    (captured, kwargs), = capture.records
+    capture.close()
+    parts = class_value_contributions(spec, captured, kwargs)
+    total = parts.sum(1) + (spec.module.proj.bias.float() if spec.module.proj.bias is not None else 0)
+    torch.testing.assert_close(total, outputs[0][:, 0].float(), rtol=1e-4, atol=1e-5)

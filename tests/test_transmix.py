@@ -505,7 +505,7 @@ def test_start_up_refusals(what, make, kw, message):
 @pytest.mark.parametrize('kw,message', [
     (dict(ratio=1.5), r'transmix: ratio must be a number in \[0, 1\], got 1.5'),
     (dict(cam_ratio=-0.1), r'transmix: cam_ratio must be a number in \[0, 1\], got -0.1'),
-    (dict(label_map='rollout'), r"transmix: label_map must be one of auto, attention, cam, got 'rollout'"),
+    (dict(label_map='rollout'), r"transmix: label_map must be one of auto, attention, value, cam, got 'rollout'"),
     (dict(mixup_mode='row'), r'transmix: mixup_mode must be one of batch, pair, elem'),
     (dict(ratio='half'), r'transmix: ratio must be a number'),
     (dict(mixup_alpha=0.0, cutmix_alpha=0.0), r'must turn something on'),
@@ -646,3 +646,48 @@ def test_gives_way_before_cam_start_epoch():
             drawn.append((epoch, mix.last_drawn))
     assert all(name != 'transmix' for epoch, name in drawn if epoch < 2)
     assert any(name == 'transmix' for epoch, name in drawn if epoch >= 2)
+
+
+def test_value_weighted_attention_by_hand():
+    """label_map='value': each patch's share of the class token's attention output (attention weight times value,
+    through the projection and LayerScale), centred, along each label's classifier row times the final norm's
+    weight; then the extension's rule. Checked against the whole attention computed from the weights."""
+    model = timm.create_model('deit3_small_patch16_224', img_size=32, num_classes=K).eval()    # LayerScale
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    mix = build(model, label_map='value', seed=4)
+    assert mix.reader == 'value'
+    x, y = batch(n=4, seed=4)
+    params = mix.make_params(x, y)
+    xm, t = mix.apply(x, y, params)
+    seen = {}
+    attn = model.blocks[-1].attn
+    h = attn.register_forward_pre_hook(lambda m, a: seen.update(x=a[0].detach()))
+    with torch.no_grad():
+        model(xm)
+    h.remove()
+    done = mix.finalize(t)
+    tokens = seen['x']
+    b, n, d = tokens.shape
+    qkv = F.linear(tokens, attn.qkv.weight, attn.qkv.bias).view(b, n, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+    a = ((qkv[0] @ qkv[1].transpose(-2, -1)) * attn.scale).softmax(-1)[:, :, 0]        # (B, H, N)
+    per_token = (a[..., None] * qkv[2]).transpose(1, 2).reshape(b, n, d)
+    parts = F.linear(per_token, attn.proj.weight) * model.blocks[-1].ls1.gamma
+    parts = (parts - parts.mean(-1, keepdim=True))[:, 1:]
+    rows = model.head.weight * model.norm.weight
+    perm = params.perm
+    maps = [torch.einsum('npd,nd->np', parts, rows[lab]).view(b, 2, 2) for lab in (y, y[perm])]
+    share = cam_pasted_share(maps[0], maps[1], cell_box_cover(params.boxes, (32, 32), (2, 2)), params.area)
+    torch.testing.assert_close(params.evidence, share, rtol=1e-4, atol=1e-5)
+    one_hot = smooth_one_hot(y, K)
+    torch.testing.assert_close(done, (1 - share)[:, None] * one_hot + share[:, None] * one_hot[perm], rtol=1e-4,
+                               atol=1e-5)
+    assert mix.row_notes(params, y)[0].startswith('box: area ')
+
+
+def test_value_map_refusals():
+    with pytest.raises(ValueError, match=r"label_map='value' needs a linear classifier of the class token"):
+        build(vit(global_pool='avg'), label_map='value')
+    with pytest.raises(ValueError, match=r"transmix: label_map='value': ResNet has no class token"):
+        build(cnn(), size=64, label_map='value')

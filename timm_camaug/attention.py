@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['ClassAttention', 'find_class_attention', 'class_attention_rows', 'patch_attention',
-           'supported_attention_types', 'NoClassAttention']
+           'class_value_contributions', 'supported_attention_types', 'NoClassAttention']
 
 
 class NoClassAttention(ValueError):
@@ -246,3 +246,45 @@ def patch_attention(spec: ClassAttention, x: torch.Tensor, kwargs: Optional[Dict
     """(B, P) the class token's attention to each patch, averaged over heads, prefix columns dropped (what
     TransMix's patched model returns: ``attn[:, :, 0, 1:].mean(1)`` for one prefix token). Not renormalised."""
     return class_attention_rows(spec, x, kwargs).mean(1)[:, spec.num_prefix_tokens:]
+
+
+# --- what each key token adds to the class token's attention output
+
+def _values(spec: ClassAttention, x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, N, d) values of every token, the value heads repeated for grouped attention."""
+    attn, heads = spec.module, spec.module.num_heads
+    if spec.family == 'class-attention':
+        v = _linear(x, attn.v.weight, attn.v.bias)
+        return _heads(v, heads)
+    if getattr(attn, 'qkv', None) is not None:
+        w, b = attn.qkv.weight, attn.qkv.bias
+        if getattr(attn, 'q_bias', None) is not None:
+            extra = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+            b = extra if b is None else b + extra
+        d = w.shape[0] // 3
+        return _heads(_linear(x, w[2 * d:], None if b is None else b[2 * d:]), heads)
+    kv_heads = int(getattr(attn, 'num_kv_heads', None) or heads)
+    v = _heads(_linear(x, attn.v_proj.weight, attn.v_proj.bias), kv_heads)
+    return v.repeat_interleave(heads // kv_heads, dim=1) if kv_heads != heads else v
+
+
+@torch.no_grad()
+def class_value_contributions(spec: ClassAttention, x: torch.Tensor,
+                              kwargs: Optional[Dict[str, Any]] = None) -> torch.Tensor:
+    """(B, N, D) what each token ``j`` adds to the class token's attention output: the output projection (its
+    weight; the bias is shared by all tokens) of ``concat_heads(a_hj v_hj)``. Their sum over ``j`` plus the
+    projection's bias is the module's output for the class token. Float32, autocast off, no gradient.
+
+    Raises :class:`NoClassAttention` for attentions whose output is not linear in the values (a norm or a gate
+    between the attention and the projection)."""
+    attn = spec.module
+    inner = getattr(attn, 'norm', None)
+    if (inner is not None and not isinstance(inner, nn.Identity)) or getattr(attn, 'gate', None) is not None:
+        raise NoClassAttention(f"{type(attn).__name__} normalises or gates its output before the projection: the "
+                               "class token's output is not a sum over the key tokens")
+    with torch.autocast(x.device.type, enabled=False):
+        x = x.detach().float()
+        rows = spec.row(attn, x, dict(kwargs or {}))                     # (B, H, N)
+        v = _values(spec, x)                                             # (B, H, N, d)
+        per_token = (rows[..., None] * v).transpose(1, 2).flatten(2)     # (B, N, H * d)
+        return F.linear(per_token, attn.proj.weight.float())

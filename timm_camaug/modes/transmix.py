@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import ClassAttention, NoClassAttention, find_class_attention, patch_attention
+from ..attention import (ClassAttention, NoClassAttention, class_value_contributions, find_class_attention,
+                         patch_attention)
 from ..capture import ForwardCapture, NoFeatureMap, class_maps, find_feature_site
 from ..cam import _token_grid
 from ..devices import to_device
@@ -49,8 +50,8 @@ __all__ = ['TransMix', 'TransMixParams', 'LABEL_MAPS', 'transmix_pasted_weight',
 
 _logger = logging.getLogger(__name__)
 
-LABEL_MAPS = ('auto', 'attention', 'cam')
-ATTENTION, CAM = 'attention', 'cam'
+LABEL_MAPS = ('auto', 'attention', 'value', 'cam')
+ATTENTION, VALUE, CAM = 'attention', 'value', 'cam'
 
 
 @dataclass
@@ -142,9 +143,12 @@ class TransMix(TimmMixup):
         ratio: weight of the attention share in the pasted image's label weight (0: CutMix's area; 1: the
             attention alone, the paper's equation; 0.5: the reference's hard-coded mean).
         label_map: where the share comes from: ``'attention'`` (the class token's attention, the reference),
-            ``'cam'`` (the extension: class activation maps of the final feature map), or ``'auto'``:
-            attention when the classifier reads a class token, else the extension.
-        cam_ratio: weight of the extension's class-map share (the area gets the rest).
+            ``'cam'`` (the extension: class activation maps of the final feature map), ``'value'`` (the
+            extension for class-token models: what each patch adds, through its attention weight and value, to
+            the class token's output, read by each label's classifier row; the best ViT map of the
+            label-fidelity benchmark), or ``'auto'``: attention when the classifier reads a class token, else
+            class maps.
+        cam_ratio: weight of the extension's share (``'cam'`` or ``'value'``; the area gets the rest).
         check_model: run one forward of two blank images at construction (at the data config's input size,
             else the model's own), so that a model the mode cannot read fails at start-up.
         keep_hook: register the capture hook once, now, and only arm it while a batch is pending (for a model
@@ -184,9 +188,10 @@ class TransMix(TimmMixup):
                                     "use the clipped area)", parse_bool),
         Option('ratio', 0.5, "weight of the attention share in the pasted image's label (0: area only; 1: "
                              "attention only; reference 0.5)"),
-        Option('label_map', 'auto', "'attention' (class token, reference), 'cam' (final feature map, extension) "
-                                    "or 'auto'", str, LABEL_MAPS),
-        Option('cam_ratio', 1.0, "weight of the class-map share in the extension (the area gets the rest)"),
+        Option('label_map', 'auto', "'attention' (class token, reference), 'value' (class token's value-weighted "
+                                    "attention per label, extension), 'cam' (final feature map, extension) or "
+                                    "'auto'", str, LABEL_MAPS),
+        Option('cam_ratio', 1.0, "weight of the extension's share ('cam', 'value'; the area gets the rest)"),
     )
     python_options = ('cutmix_minmax', 'mixup', 'check_model', 'keep_hook')
 
@@ -206,7 +211,9 @@ class TransMix(TimmMixup):
                              f"{self.num_classes}")
         self._stash: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None
         self._finalized = False
-        self.reader, self._attention, self._site = self._choose_reader(label_map)
+        self.reader, self._attention, found = self._choose_reader(label_map)
+        # the feature map's site (class maps), or what reads the class token's output ('value')
+        self._site, self._readout = (None, found) if self.reader == VALUE else (found, None)
         module = self._attention.module if self._attention is not None else self._site.module
         kind = 'pre' if self._attention is not None else self._site.kind
         self._capture = ForwardCapture(module, kind, persistent=self.keep_hook)
@@ -241,7 +248,8 @@ class TransMix(TimmMixup):
 
     def _where(self) -> str:
         if self._attention is not None:
-            return f'{self._attention.name} (class-token attention, {self._attention.family})'
+            what = 'value-weighted class-token attention' if self.reader == VALUE else 'class-token attention'
+            return f'{self._attention.name} ({what}, {self._attention.family})'
         return f"{self._site.name} ({'input' if self._site.kind == 'pre' else 'output'}: final feature map)"
 
     # --- which part of the forward is read
@@ -249,7 +257,7 @@ class TransMix(TimmMixup):
     def _choose_reader(self, label_map: str) -> Tuple[str, Optional[ClassAttention], Any]:
         kind = type(self.model).__name__
         attention, no_attention = None, ''
-        if label_map in ('auto', ATTENTION):
+        if label_map in ('auto', ATTENTION, VALUE):
             try:
                 attention = find_class_attention(self.model)
             except NoClassAttention as e:
@@ -262,9 +270,11 @@ class TransMix(TimmMixup):
                 if float(getattr(getattr(self.model, 'patch_drop', None), 'prob', 0.0) or 0.0) > 0:
                     raise ValueError(f"transmix: {kind} drops patch tokens in training (patch_drop_rate > 0), so its "
                                      "attention no longer lines up with the box: build it with patch_drop_rate=0")
+                if label_map == VALUE:
+                    return VALUE, attention, self._value_readout(attention)
                 return ATTENTION, attention, None
-            if label_map == ATTENTION:
-                raise ValueError(f"transmix: label_map='attention': {no_attention}; use label_map='cam' (class "
+            if label_map in (ATTENTION, VALUE):
+                raise ValueError(f"transmix: label_map={label_map!r}: {no_attention}; use label_map='cam' (class "
                                  "maps of the final feature map) or 'auto'")
         try:
             if getattr(self.model, 'num_classes', 1) == 0:
@@ -284,6 +294,40 @@ class TransMix(TimmMixup):
             _logger.info("transmix: %s; label weights from the class maps of its final feature map (extension)",
                          no_attention)
         return CAM, None, site
+
+    def _value_readout(self, attention: ClassAttention) -> Dict[str, Any]:
+        """What reads the class token's output in a token-pooled classifier: the block's LayerScale, the final
+        norm's weight and the classifier (used at each finalize with the parameters of that step)."""
+        kind = type(self.model).__name__
+        clf = self.model.get_classifier() if hasattr(self.model, 'get_classifier') else None
+        if not isinstance(clf, nn.Linear) or getattr(self.model, 'global_pool', 'token') != 'token' \
+                or not isinstance(getattr(self.model, 'fc_norm', None) or nn.Identity(), nn.Identity):
+            raise ValueError(f"transmix: label_map='value' needs a linear classifier of the class token (global_pool="
+                             f"'token', no fc_norm); {kind} has none: use label_map='attention'")
+        modules = dict(self.model.named_modules())
+        block = modules.get(attention.name.rsplit('.', 1)[0]) if '.' in attention.name else None
+        scale = getattr(getattr(block, 'ls1', None), 'gamma', None)
+        if scale is None and isinstance(getattr(block, 'gamma_1', None), torch.Tensor):
+            scale = block.gamma_1
+        norm = getattr(self.model, 'norm', None)
+        return {'classifier': clf, 'layer_scale': scale,
+                'norm_weight': getattr(norm, 'weight', None) if isinstance(norm, nn.Module) else None}
+
+    def _value_maps(self, captured: torch.Tensor, kwargs: Dict[str, Any], hw: Tuple[int, int],
+                    labels: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Per label, the (N, gh, gw) map of what each patch adds to the class token's output along the label's
+        classifier row (the final norm's centring and weight included; its per-sample scale, common to both
+        labels, and the later MLP left out)."""
+        spec, readout = self._attention, self._readout
+        parts = class_value_contributions(spec, captured, kwargs)[:, spec.num_prefix_tokens:]     # (N, P, D)
+        if readout['layer_scale'] is not None:
+            parts = parts * readout['layer_scale'].detach().float()
+        parts = parts - parts.mean(-1, keepdim=True)
+        rows = readout['classifier'].weight.detach().float()
+        if readout['norm_weight'] is not None:
+            rows = rows * readout['norm_weight'].detach().float()
+        gh, gw = self._grid(parts.shape[1], hw)
+        return [torch.einsum('npd,nd->np', parts, rows[y.to(rows.device)]).view(-1, gh, gw) for y in labels]
 
     def _probe_batch(self) -> torch.Tensor:
         size = CamGuidedMode.probe_input_size(self)     # the data config's input size, else the model's own
@@ -314,8 +358,14 @@ class TransMix(TimmMixup):
                                  "a hook can see it (a TorchScript or traced model?): pass the plain timm model")
             captured, kwargs = probe.records[-1]
             hw = (int(x.shape[-2]), int(x.shape[-1]))
-            if self._attention is not None:
+            if self.reader == ATTENTION:
                 self._patch_attention(captured, kwargs, hw)
+            elif self.reader == VALUE:
+                labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+                try:
+                    self._value_maps(captured, kwargs, hw, [labels])
+                except NoClassAttention as e:
+                    raise ValueError(f"transmix: label_map='value': {e}; use label_map='attention'") from None
             else:
                 labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
                 class_maps(self.model, captured, hw, [labels])
@@ -416,12 +466,16 @@ class TransMix(TimmMixup):
         area = to_device((params.boxes[:, 1] - params.boxes[:, 0]) * (params.boxes[:, 3] - params.boxes[:, 2]), dev)
         area = area.float() / float(h * w)
         perm = to_device(params.perm, dev)
-        if self._attention is not None:
+        if self.reader == ATTENTION:
             attn, grid = self._patch_attention(captured, kwargs, (h, w))
             mask = to_device(patch_box_mask(params.boxes, (h, w), grid), dev)
             weight, evidence = transmix_pasted_weight(attn.to(dev), mask, area, self.ratio)
         else:
-            map_a, map_b = class_maps(self.model, captured, (h, w), [pending.labels, pending.labels[perm]])
+            labels = [pending.labels, pending.labels[perm]]
+            if self.reader == VALUE:
+                map_a, map_b = self._value_maps(captured, kwargs, (h, w), labels)
+            else:
+                map_a, map_b = class_maps(self.model, captured, (h, w), labels)
             cover = to_device(cell_box_cover(params.boxes, (h, w), map_a.shape[-2:]), dev)
             evidence = cam_pasted_share(map_a, map_b, cover, area)
             weight = (1.0 - self.cam_ratio) * area + self.cam_ratio * evidence
@@ -451,7 +505,7 @@ class TransMix(TimmMixup):
             return [''] * n
         if params.pasted_weight is None:
             return ['(label completed after the forward)' if c else '' for c in cut.tolist()]
-        what = 'attention' if self.reader == ATTENTION else 'class maps'
+        what = {ATTENTION: 'attention', VALUE: 'value-weighted attention', CAM: 'class maps'}[self.reader]
         area, ev = (t.detach().float().cpu().tolist() for t in (params.area, params.evidence))
         return [f'box: area {a:.2f}, {what} {e:.2f}' if c else '' for c, a, e in zip(cut.tolist(), area, ev)]
 
