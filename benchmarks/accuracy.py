@@ -53,6 +53,7 @@ from timm_camaug.targets import mix_soft_targets  # noqa: E402
 from timm_camaug.train_loop import BASELINE, train_synthetic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / 'results'
+FIDELITY = 'snapmix label fidelity during training'
 REFERENCE = 'cutmix'        # timm's CutMix: the row every mode is compared with
 TIMM_ROWS = ('cutmix', 'mixup')
 
@@ -230,6 +231,64 @@ def run_one(regime: Regime, spec: Tuple[str, Dict[str, Any]], seed: int, network
             'seconds': res.seconds}
 
 
+FIDELITY_EPOCHS = (0, 1, 2, 5, 10, 20)     # when SnapMix's label weights are measured during its own run
+FIDELITY_IMAGES = 256
+
+
+def snapmix_fidelity_run(regime: Regime, seed: int, checkpoints: Sequence[int] = FIDELITY_EPOCHS) -> Dict[str, Any]:
+    """SnapMix's own run of ``regime``, its label weights measured as the model trains: on the same
+    ``FIDELITY_IMAGES`` validation images and the same boxes at each checkpoint (a generator seeded alike), the
+    mean |label weight - visible share of that source's head| of SnapMix's CAM weights and of area weights
+    (CutMix's rule) on the same boxes, over mixed pairs of two different labels (timm_camaug.fidelity)."""
+    import timm
+    from timm_camaug import create_mix_fn
+    from timm_camaug import fidelity as fd
+    from timm_camaug.pixels import normalize
+    images, labels, masks = synthetic.make_split('val', FIDELITY_IMAGES, regime.img_size, seed, regime.num_classes)
+    options = row_options('snapmix', regime.epochs)
+    by_epoch: Dict[int, Dict[str, float]] = {}
+
+    def measure(epoch, model):
+        if epoch not in checkpoints:
+            return
+        config = timm.data.resolve_data_config({'input_size': (3, regime.img_size, regime.img_size)}, model=model)
+        x_all = normalize(images.float() / 255.0, config['mean'], config['std'])
+        mix_fn = create_mix_fn('snapmix', model=model, num_classes=regime.num_classes, data_config=config,
+                               generator=torch.Generator().manual_seed(12345), **options)
+        cam, area = [], []
+        for i in range(0, FIDELITY_IMAGES - regime.batch_size + 1, regime.batch_size):
+            x, y, m = x_all[i:i + regime.batch_size], labels[i:i + regime.batch_size], masks[i:i + regime.batch_size]
+            params = mix_fn.make_params(x, y)
+            _, soft = mix_fn.apply(x, y, params)
+            soft = mix_fn.finalize(soft)
+            vis_a, vis_b, active = fd.visible_fractions(mix_fn, params, m)
+            regions = mix_fn.regions(params, m.shape[-2:])
+            keep = active & (y != y[regions.perm])
+            w_a, w_b = fd.label_weights(soft, y, regions.perm)
+            frac = regions.target.flatten(1).double().mean(1)
+            cam.append(fd.fidelity_errors(w_a, vis_a, w_b, vis_b, keep))
+            area.append(fd.fidelity_errors(1.0 - frac, vis_a, frac, vis_b, keep))
+        mae = lambda errs: float(torch.cat([torch.cat([e.err_a, e.err_b]) for e in errs]).mean())  # noqa: E731
+        by_epoch[epoch] = {'snapmix': mae(cam), 'area': mae(area),
+                           'pairs': int(sum(e.err_a.numel() for e in cam))}
+
+    train, val, _ = _data(regime, seed)
+    res = train_synthetic(regime.model, 'snapmix', train=train, val=val,
+                          num_classes=regime.num_classes, epochs=regime.epochs, batch_size=regime.batch_size,
+                          lr=regime.lr, weight_decay=regime.weight_decay, head_lr=regime.head_lr,
+                          pretrained=regime.pretrained, seed=seed, mix_options=options, progress=False,
+                          eval_every=max(1, regime.epochs // 5), channels_last=regime.channels_last,
+                          on_epoch=measure)
+    return {'top1': res.top1, 'seconds': res.seconds, 'fidelity': {str(k): v for k, v in by_epoch.items()}}
+
+
+def fidelity_table(record: Dict[str, Any]) -> str:
+    rows = [[k, v['pairs'], f"{v['snapmix']:.3f}", f"{v['area']:.3f}", f"{v['snapmix'] / v['area']:.2f}"]
+            for k, v in sorted(record['fidelity'].items(), key=lambda kv: int(kv[0]))]
+    return markdown_table(['epochs trained', 'pairs', "SnapMix's CAM weights: MAE", 'area weights, same boxes: MAE',
+                           'ratio'], rows)
+
+
 class Store:
     """The JSON file of kept runs. Each run is merged into the file under a lock as soon as it ends, so several
     workers (``--shard``) can share one file and an interrupted benchmark resumes where it stopped."""
@@ -398,6 +457,9 @@ def main(argv=None) -> int:
             seen.add(key)
             unique.append(entry)
     todo = unique
+    if 'snapmix' in names:      # the last job: SnapMix's label weights measured during its own run
+        regime = all_regimes['snapmix'][0]
+        todo.append(('snapmix', regime, FIDELITY, (FIDELITY, {}), args.seeds[0]))
     if not args.report_only:
         for i, (name, regime, row, spec, seed) in enumerate(todo):
             key = run_key(regime, spec, seed)
@@ -406,12 +468,12 @@ def main(argv=None) -> int:
             store.reload()
             if store.get(key) is not None:
                 continue
-            if network is None and spec[0] != BASELINE and any(
+            if network is None and spec[0] not in (BASELINE, FIDELITY) and any(
                     get_mode_class(m).auxiliary_network for m in _members(spec[0])):
                 network = offline_network(get_mode_class(next(m for m in _members(spec[0])
                                                                if get_mode_class(m).auxiliary_network)))
             print(f'[{i + 1}/{len(todo)}] {name}: {row}, seed {seed} ...', file=sys.stderr, flush=True)
-            rec = run_one(regime, spec, seed, network)
+            rec = snapmix_fidelity_run(regime, seed) if row == FIDELITY else run_one(regime, spec, seed, network)
             rec.update(regime=name, row=row, seed=seed, mode=spec[0])
             store.put(key, rec)
             print(f'    top-1 {rec["top1"]:.1f} {rec["extra"] or ""} in {rec["seconds"] / 60:.1f} min',
@@ -442,6 +504,13 @@ def report(names, all_regimes, store: Store, args, elapsed: float) -> str:
                     total += rec['seconds']
         out += [f'### {name}: {regime.title}', '', describe(regime) + '.', '',
                 regime_table(regime, list(rows), results), '']
+        fidelity = store.get(run_key(regime, (FIDELITY, {}), args.seeds[0])) if name == 'snapmix' else None
+        if fidelity is not None:
+            total += fidelity['seconds']
+            out += [f"SnapMix's label weights as its model trains (its seed-{args.seeds[0]} run again, top-1 "
+                    f"{fidelity['top1']:.1f} %): mean |label weight - visible share of that source's head| over "
+                    f"mixed pairs of two labels on {FIDELITY_IMAGES} validation images, the same boxes at every "
+                    "checkpoint; area weights are CutMix's rule on those boxes.", '', fidelity_table(fidelity), '']
     out += ["Each cell: mean ± standard deviation over the seeds; 'vs' columns: the paired per-seed difference "
             "(mean ± std, and in how many seeds it is positive). "
             + ("'one part hidden': mean over the head, wing and tail test splits. " if any(

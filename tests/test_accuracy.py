@@ -150,3 +150,20 @@ def test_one_tiny_regime_end_to_end(accuracy, monkeypatch, tmp_path, capsys):
     for r in runs:
         assert set(r['extra']) == {'clean', 'head hidden', 'tail hidden'} and 0 <= r['top1'] <= 100
     assert '| none | 1 |' in out and 'machine: ' in out
+
+
+def test_snapmix_fidelity_run_measures_without_changing_the_run(accuracy, monkeypatch):
+    """Label errors at each checkpoint, from the same boxes; the measuring leaves the training as it was."""
+    monkeypatch.setattr(accuracy, 'FIDELITY_IMAGES', 64)
+    regime = accuracy.Regime('tiny', model='test_resnet', pretrained=False, data='head', img_size=64, train_size=32,
+                             test_size=32, epochs=2, batch_size=16, lr=1e-3, head_lr=None, num_classes=4)
+    rec = accuracy.snapmix_fidelity_run(regime, seed=1, checkpoints=(0, 2))
+    assert set(rec['fidelity']) == {'0', '2'}
+    for v in rec['fidelity'].values():
+        assert v['pairs'] > 0 and 0 <= v['snapmix'] <= 2 and 0 <= v['area'] <= 1
+    # the area errors use the same boxes at every checkpoint; SnapMix's follow the model's maps
+    assert rec['fidelity']['0']['area'] == rec['fidelity']['2']['area']
+    assert rec['fidelity']['0']['snapmix'] != rec['fidelity']['2']['snapmix']
+    plain = accuracy.run_one(regime, ('snapmix', {}), 1, None)
+    assert plain['top1'] == rec['top1']
+    assert '| 2 |' in accuracy.fidelity_table(rec)

