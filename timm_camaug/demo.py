@@ -192,8 +192,9 @@ def summary(results: Sequence[RunResult], args: argparse.Namespace) -> List[str]
     n_seeds = max((len(v) for v in top1.values()), default=0)
     out = []
     if n_seeds == 1:
-        out.append("One seed per row: it cannot separate the rows. Runs that differ only in their seed differ by "
-                   "several points here; run --seeds 3 (or more) and compare the differences with their spread.")
+        out.append("One seed per row: it cannot separate the rows. A difference between two rows may be no more "
+                   "than the variation between seeds, which one run cannot show; run --seeds 3 (or more) and "
+                   "compare each difference with its spread.")
     else:
         out.append(f"± is the standard deviation over {n_seeds} seeds (each seed: its own images, initialisation, "
                    "order and draws, shared by every row); the 'vs' columns are per-seed differences. A difference "
