@@ -143,21 +143,31 @@ def test_register_mode_takes_a_mix_mode_class():
         register_mode(int)
 
 
-def test_one_declaration_per_option():
-    """Every option's default is its __init__ keyword's default, checked when the class is defined."""
-    with pytest.raises(TypeError, match=r"_Bad: option 'pixels' defaults to 2 in its Option but to 3 in __init__"):
-        class _Bad(MixMode):
-            name = 'bad'
-            options = (Option('pixels', 2, 'pixels'),)
+# The one-declaration rule, checked when a class is defined: (name, base, class body, the TypeError's message).
+# The __init__ bodies never run: the check reads their signatures.
+_DECLARATION_ERRORS = [
+    ('_Bad', MixMode, {'name': 'bad', 'options': (Option('pixels', 2, 'pixels'),),
+                       '__init__': lambda self, *, pixels=3, **kwargs: None},
+     r"^_Bad: option 'pixels' defaults to 2 in its Option but to 3 in __init__; declare one default$"),
+    ('_Missing', MixMode, {'name': 'missing', 'options': (Option('pixels', 2, 'pixels'),)},
+     r"^_Missing: option 'pixels' is not a keyword of its __init__$"),
+    ('_Required', MixMode, {'name': 'required', 'options': (Option('pixels', 2, 'pixels'),),
+                            '__init__': lambda self, *, pixels, **kwargs: None},
+     r"^_Required: option 'pixels' defaults to 2 in its Option but to "),
+    ('_Child', _Shift, {'__init__': lambda self, *, pixels=5, **kwargs: None},     # an inherited option
+     r"^_Child: option 'pixels' defaults to 2 in its Option but to 5 in __init__; declare one default$"),
+    ('_Python', _Shift, {'python_options': ('callback',)},
+     r"^_Python: python option 'callback' is not a keyword of its __init__$"),
+    ('_PerPixel', _Shift, {'prob_per': 'pixel'}, r"^_PerPixel.prob_per must be 'batch' or 'sample', got 'pixel'$"),
+]
 
-            def __init__(self, *, pixels: int = 3, **kwargs):
-                super().__init__(**kwargs)
-    with pytest.raises(TypeError, match=r"_Missing: option 'pixels' is not a keyword of its __init__"):
-        class _Missing(MixMode):
-            name = 'missing'
-            options = (Option('pixels', 2, 'pixels'),)
-    for mode in timm_camaug.MIX_MODES:     # and every registered mode is held to it (cutout included)
-        cls = get_mode_class(mode)
-        from timm_camaug.modes.base import _init_defaults
-        defaults = _init_defaults(cls)
-        assert all(defaults[o.name] == o.default for o in cls.options), mode
+
+@pytest.mark.parametrize('name, base, body, match', _DECLARATION_ERRORS, ids=[e[0] for e in _DECLARATION_ERRORS])
+def test_one_declaration_per_option(name, base, body, match):
+    with pytest.raises(TypeError, match=match):
+        type(name, (base,), body)
+
+
+def test_one_declaration_accepts_a_subclass_that_keeps_the_default():
+    type('_Child', (_Shift,), {'__init__': lambda self, *, pixels=2, **kwargs: None})     # no TypeError
+
