@@ -25,6 +25,10 @@ to the original byte for byte; nothing is written when any anchor is missing. A 
 written (permissions, a read-only or full disk) is a PatchError naming the file and the reason, and leaves
 the file as it was. A UTF-8 byte-order mark at the start (Python runs such a file) is kept as it is. A train.py
 older than v1.0.20 (by its checkout's ``timm/version.py``, or by its text) is patched with a warning.
+
+The plugin's earlier release had parts 1 to 5, its part 3 calling ``create_train_mix_fn(args, model,
+data_config, amp_autocast, device)``. Its lines are still recognised: ``--revert`` removes them (the original,
+byte for byte), and ``patch`` upgrades such a file (its original, patched by this release).
 """
 import argparse
 import difflib
@@ -38,6 +42,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 __all__ = [
     'MARKER', 'PARTS', 'PatchError', 'PartStatus', 'inspect_text', 'patch_text', 'revert_text', 'resolve_train_py',
+    'patched_by_earlier_release',
     'patch_file', 'revert_file', 'unified_diff', 'checkout_version', 'version_warning', 'backup_path',
     'BACKUP_SUFFIXES', 'OLDEST_RELEASE', 'register', 'run',
 ]
@@ -113,6 +118,7 @@ class _Part:
     apply: Callable[[List[_Line], int], None]                      # edits lines in place at one location
     revert: Callable[[List[_Line], int], None]
     many: bool = False                                             # the anchor may occur more than once
+    find_earlier: Optional[Callable[[List[_Line]], List[int]]] = None   # applied as the earlier release did it
 
 
 # part 1: import + add_args before `def _parse_args():`
@@ -171,14 +177,28 @@ _P3_LINES = ('if timm_camaug.is_active(args):',
                        'args, model, data_config, amp_autocast, device, train_loss_fn, mixup_fn)')
 
 
+# the call as the earlier release of the plugin wrote it (five parts: 1 to 5, without the train loss and
+# train.py's Mixup); still recognised, so that such a file reverts to its original and can be patched again
+_P3_EARLIER_CALL = (_INDENT + 'mixup_fn = timm_camaug.train_glue.create_train_mix_fn('
+                              'args, model, data_config, amp_autocast, device)')
+
+
 def _p3_find(lines):
     return [i for i, ln in enumerate(lines) if ln.stripped == _P3_ANCHOR]
 
 
-def _p3_find_applied(lines):
+def _p3_applied(lines, calls):
     return [i for i in range(len(lines) - 1)
             if lines[i].stripped == _P3_LINES[0] + _SUFFIX
-            and lines[i + 1].text == lines[i].indent + _P3_LINES[1] + _SUFFIX]
+            and any(lines[i + 1].text == lines[i].indent + call + _SUFFIX for call in calls)]
+
+
+def _p3_find_applied(lines):
+    return _p3_applied(lines, (_P3_LINES[1], _P3_EARLIER_CALL))
+
+
+def _p3_find_earlier(lines):
+    return _p3_applied(lines, (_P3_EARLIER_CALL,))
 
 
 def _p3_apply(lines, i):
@@ -367,7 +387,7 @@ PARTS: Tuple[_Part, ...] = (
     _Part(2, 'soft-target loss when a mix mode is active', 'elif mixup_active:',
           _p2_find, _p2_find_applied, _p2_apply, _p2_revert),
     _Part(3, 'build the mix function on the final model', _P3_ANCHOR,
-          _p3_find, _p3_find_applied, _p3_apply, _p3_revert),
+          _p3_find, _p3_find_applied, _p3_apply, _p3_revert, find_earlier=_p3_find_earlier),
     _Part(4, 'apply the mix function with and without the prefetcher',
           f'{_P4_LINES[0]} / {_P4_LINES[1]} (last lines of an `{_P4_HEAD}` block)',
           _p4_find, _p4_find_applied, _p4_apply, _p4_revert),
@@ -388,11 +408,14 @@ class PartStatus:
     anchor: str
     state: str
     lines: List[int]        # 1-based line numbers of the anchor (stock) or of the inserted/changed lines
+    earlier: bool = False   # applied as the plugin's earlier release applied it (`timm-camaug patch` upgrades it)
 
     def describe(self) -> str:
         where = f" (line {', '.join(map(str, self.lines))})" if self.lines else ''
         what = {'stock': 'not applied', 'applied': 'applied', 'missing': 'ANCHOR MISSING',
                 'ambiguous': 'ANCHOR AMBIGUOUS'}[self.state]
+        if self.earlier:
+            what += " as timm-camaug's earlier release wrote it"
         return f"part {self.part} ({self.title}): {what}{where}; anchor: {self.anchor}"
 
 
@@ -410,7 +433,8 @@ def _status(lines: List[_Line]) -> List[PartStatus]:
             state, where = 'ambiguous', stock
         else:
             state, where = 'stock', stock
-        out.append(PartStatus(part.number, part.title, part.anchor, state, [i + 1 for i in where]))
+        earlier = state == 'applied' and part.find_earlier is not None and bool(part.find_earlier(lines))
+        out.append(PartStatus(part.number, part.title, part.anchor, state, [i + 1 for i in where], earlier))
     return out
 
 
@@ -426,6 +450,17 @@ def _without_bom(text: str) -> Tuple[str, str]:
 def inspect_text(text: str) -> List[PartStatus]:
     """The state of each part in the text of a train.py."""
     return _status(_split(_without_bom(text)[1]))
+
+
+def _earlier_release(lines: List[_Line]) -> bool:
+    return any(part.find_earlier(lines) for part in PARTS if part.find_earlier is not None)
+
+
+def patched_by_earlier_release(text: str) -> bool:
+    """Whether the text carries the patch of timm-camaug's earlier release (parts 1 to 5, part 3 building the
+    mix function without train.py's train loss and Mixup): ``revert_text`` gives its original back, and
+    ``patch_text`` upgrades it (the original, patched by this release)."""
+    return _earlier_release(_split(_without_bom(text)[1]))
 
 
 def _check_recognised(statuses: List[PartStatus], name: str) -> None:
@@ -467,13 +502,18 @@ def _revert_lines(lines: List[_Line], name: str) -> List[_Line]:
 
 
 def patch_text(text: str, name: str = 'train.py') -> str:
-    """The patched text of a stock train.py; PatchError when an anchor is missing or the file is partly patched."""
+    """The patched text of a stock train.py; PatchError when an anchor is missing or the file is partly patched.
+    A text patched by the plugin's earlier release is upgraded: its original, patched by this release."""
     bom, text = _without_bom(text)
     return bom + _patch_text(text, name)
 
 
 def _patch_text(text: str, name: str) -> str:
     lines = _split(text)
+    if _earlier_release(lines):
+        # the earlier release's parts come off as they do for --revert (the original, byte for byte; a stray mark
+        # is refused there), then this release's parts go on
+        return _patch_text(_join(_revert_lines(lines, name)), name)
     statuses = _status(lines)
     _check_recognised(statuses, name)
     applied = [s.part for s in statuses if s.state == 'applied']
@@ -736,8 +776,13 @@ def run(args: argparse.Namespace) -> int:
             kept = f" (the patched file is in {backup_path(p, 'revert').name})" if changed and args.backup else ''
             print(f"reverted {p}{kept}" if changed else f"{p} is not patched; nothing to revert", file=out)
             return 0
+        earlier = text is not None and patched_by_earlier_release(text)
         p, changed = patch_file(p, backup=args.backup)
-        if changed:
+        if changed and earlier:
+            print(f"upgraded {p}: the patch of timm-camaug's earlier release replaced by this release's "
+                  f"({'the file as it was is in ' + p.name + '.orig; ' if args.backup else ''}"
+                  f"`timm-camaug patch --revert {args.path}` restores timm's original)", file=out)
+        elif changed:
             print(f"patched {p}: train.py now takes --mix-mode "
                   f"({'the original is in ' + p.name + '.orig; ' if args.backup else ''}"
                   f"undo with `timm-camaug patch --revert {args.path}`)", file=out)
@@ -768,5 +813,9 @@ def _run_check(p: Path, out, err) -> int:
     if patched == text:
         print(f"{p}: patched", file=out)
         return 0
+    if patched_by_earlier_release(text):
+        print(f"{p}: patched by timm-camaug's earlier release; `timm-camaug patch {p}` would upgrade it "
+              f"(`timm-camaug patch --revert {p}` restores timm's original)", file=out)
+        return 1
     print(f"{p}: not patched; `timm-camaug patch {p}` would apply all {len(PARTS)} parts", file=out)
     return 1
