@@ -4,9 +4,11 @@ it on the path, as an installed package would be), works everywhere without a ch
 train.py's flags, YAML keys and start-up checks, ``create_mix_fn``, schedules, ``preview``, ``bench``, ``demo``
 and the label-fidelity measure. The shared mode tests (test_modes_common.py, test_examples.py,
 test_train_py.py) run on it too, since they run over ``MIX_MODES``. Also: ``register_mode`` and its refusals,
-and the one-declaration rule for options. """
+the one-declaration rule for options, and entry points that fail to load (skipped with one warning). """
 import argparse
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -16,6 +18,7 @@ import torch
 import timm_camaug
 from timm_camaug import create_mix_fn, get_mode_class, register_mode
 from timm_camaug.cli import main
+from timm_camaug import modes
 from timm_camaug.modes import MixMode, Option
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,6 +130,8 @@ def test_register_mode_in_python():
 @pytest.mark.parametrize('name, error, match', [
     ('cutmix', ValueError, r"mode name 'cutmix' is reserved"),
     ('none', ValueError, r"mode name 'none' is reserved"),
+    ('mix', ValueError, r"mode name 'mix' is reserved \(its flags would clash with --mix-mode, --mix-mode-prob"),
+    ('mix-mode', ValueError, r"mode name 'mix-mode' is reserved \(its flags would clash with --mix-mode"),
     ('Snap Mix', ValueError, r"mode name 'Snap Mix': use lower-case letters, digits and '-'"),
     ('', ValueError, r"mode name '': use lower-case letters"),
     ('snapmix', ValueError, r"mode 'snapmix' is built in; choose another name for"),
@@ -158,7 +163,7 @@ _DECLARATION_ERRORS = [
      r"^_Child: option 'pixels' defaults to 2 in its Option but to 5 in __init__; declare one default$"),
     ('_Python', _Shift, {'python_options': ('callback',)},
      r"^_Python: python option 'callback' is not a keyword of its __init__$"),
-    ('_PerPixel', _Shift, {'prob_per': 'pixel'}, r"^_PerPixel.prob_per must be 'batch' or 'sample', got 'pixel'$"),
+    ('_PerPixel', _Shift, {'prob_per': 'pixel'}, r"^_PerPixel\.prob_per must be 'batch' or 'sample', got 'pixel'$"),
 ]
 
 
@@ -171,3 +176,74 @@ def test_one_declaration_per_option(name, base, body, match):
 def test_one_declaration_accepts_a_subclass_that_keeps_the_default():
     type('_Child', (_Shift,), {'__init__': lambda self, *, pixels=2, **kwargs: None})     # no TypeError
 
+
+# --- an entry-point mode that fails to load is skipped: train.py and the other modes still start
+
+_BROKEN_PLUGINS = {     # kind -> the plugin module's source, the error loading it gives
+    'import': ('import no_such_dependency_of_the_plugin\n',
+               "ModuleNotFoundError: No module named 'no_such_dependency_of_the_plugin'"),
+    'raises': ("raise RuntimeError('this plugin needs a GPU driver')\n",
+               'RuntimeError: this plugin needs a GPU driver'),
+    'declaration': ('from timm_camaug.modes import MixMode, Option\n'
+                    'class Mode(MixMode):\n'
+                    '    name = "broken"\n'
+                    '    options = (Option("pixels", 2, "pixels"),)\n'
+                    '    def __init__(self, *, pixels=3, **kwargs):\n'
+                    '        super().__init__(**kwargs)\n',
+                    "TypeError: Mode: option 'pixels' defaults to 2 in its Option but to 3 in __init__; "
+                    "declare one default"),
+    'not-a-mode': ('class Mode:\n    name = "broken"\n',
+                   "TypeError: mix mode 'broken': {module}:Mode is not a MixMode subclass named 'broken'"),
+}
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    """The mode registry, restored after the test."""
+    for name in ('_REGISTRY', '_PENDING_ENTRY_POINTS', '_FAILED'):
+        monkeypatch.setattr(modes, name, dict(getattr(modes, name)))
+    return modes
+
+
+def _install_plugin(tmp_path, monkeypatch, mode: str, module: str, source: str) -> None:
+    """A distribution on the path, as an installed package is, whose entry point ``mode`` names ``module:Mode``."""
+    (tmp_path / f'{module}.py').write_text(source)
+    info = tmp_path / 'timm_camaug_plugin_example-0.1.dist-info'
+    info.mkdir()
+    (info / 'METADATA').write_text('Metadata-Version: 2.1\nName: timm-camaug-plugin-example\nVersion: 0.1\n')
+    (info / 'entry_points.txt').write_text(f'[timm_camaug.modes]\n{mode} = {module}:Mode\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+
+@pytest.mark.parametrize('kind', list(_BROKEN_PLUGINS))
+def test_a_broken_entry_point_is_skipped_with_one_warning(kind, registry, tmp_path, monkeypatch, caplog):
+    module = f"broken_plugin_{kind.replace('-', '_')}"
+    source, error = _BROKEN_PLUGINS[kind]
+    error = error.format(module=module)
+    _install_plugin(tmp_path, monkeypatch, 'broken', module, source)
+    registry._load_entry_points()       # what importing timm_camaug does
+    caplog.set_level(logging.WARNING, logger='timm_camaug.modes')
+    args = _train_parser().parse_args(['--mix-mode', 'none'])      # a patched train.py starts
+    assert args.mix_mode == 'none' and args.cutout_size == 0.5
+    assert 'broken' not in registry.mix_modes() and 'cutout' in registry.mix_modes()
+    why = (f"mode 'broken' from entry point broken = {module}:Mode (distribution timm-camaug-plugin-example 0.1) "
+           f"failed to load: {error}")
+    with pytest.raises(ValueError, match=f'^{re.escape(why)}$'):
+        get_mode_class('broken')
+    assert registry.failed_modes() == {'broken': why}
+    warnings = [r.getMessage() for r in caplog.records if 'broken' in r.getMessage()]
+    assert warnings == [f"timm-camaug: entry point broken = {module}:Mode (distribution timm-camaug-plugin-example "
+                        f"0.1) failed to load and is skipped: {error}"]
+
+
+def test_a_plugin_that_also_registers_its_class_loads(registry, tmp_path, monkeypatch, caplog):
+    """``@register_mode`` in the module its entry point names: the same class, not a clash."""
+    source = ('from timm_camaug.modes import MixMode, register_mode\n'
+              '@register_mode\n'
+              'class Mode(MixMode):\n'
+              '    name = "self-registered"\n')
+    _install_plugin(tmp_path, monkeypatch, 'self-registered', 'self_registered_plugin', source)
+    registry._load_entry_points()
+    assert get_mode_class('self-registered').__module__ == 'self_registered_plugin'
+    assert 'self-registered' in registry.mix_modes() and not registry.failed_modes()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
