@@ -16,6 +16,9 @@ from timm.loss import SoftTargetCrossEntropy
 from timm_camaug import MIX_MODES, add_args, check_train_args, create_mix_fn, get_mode_class
 from timm_camaug.factory import option_dest
 from timm_camaug.train_glue import create_train_mix_fn, training_module, wrap_train_loss
+from timm_camaug.capture import NoFeatureMap
+from timm_camaug.extractor import CheckpointError, HubUnreachableError
+from timm_camaug.modes.options import OptionError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / 'configs').glob('*.yaml'))
@@ -153,6 +156,58 @@ def test_start_up_problems_end_like_train_pys_argument_errors(extra, message, ca
     err = capsys.readouterr().err
     assert err.startswith('train.py: error: timm-camaug: ') and len(err.strip().splitlines()) == 1
     assert re.search(message, err), err
+
+
+
+def _option_error(option, message, mode):
+    e = OptionError(option, message)
+    e.mode = mode       # as create_mix_fn sets it: the flag is --<mode>-<option>
+    return e
+
+
+def _raise(error):
+    def build(*args, **kwargs):
+        raise error
+    return build
+
+
+@pytest.mark.parametrize('error, message', [
+    (ValueError('snapmix: the model has no convolution'), 'snapmix: the model has no convolution'),
+    (_option_error('cam_layer', "snapmix: cam_layer='x': no module named 'x'", 'snapmix'),
+     r"argument --snapmix-cam-layer: snapmix: cam_layer='x': no module named 'x'"),
+    (CheckpointError("'w.pth' is empty (0 bytes)"), r"'w.pth' is empty \(0 bytes\)"),
+    (NoFeatureMap('ViT has no spatial feature map'), 'ViT has no spatial feature map'),
+    (FileNotFoundError("'w.pth' does not exist"), "'w.pth' does not exist"),
+    (HubUnreachableError("the pretrained weights of timm model 'resnet50' are not in the local cache"),
+     "the pretrained weights of timm model 'resnet50' are not in the local cache"),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else '')
+def test_start_up_errors_of_the_users_making_end_in_one_line(error, message, capsys, monkeypatch):
+    """The plugin's errors for flags, options, files and weights: train.py's own argument-error form."""
+    monkeypatch.setattr('sys.argv', ['train.py'])
+    monkeypatch.setattr('timm_camaug.train_glue.create_mix_fn', _raise(error))
+    with pytest.raises(SystemExit) as e:
+        create_train_mix_fn(train_args('snapmix', ''), small_model())
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r'train.py: error: timm-camaug: ' + message + r'\n', err), err
+
+
+@pytest.mark.parametrize('error, match', [
+    (torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'), 'CUDA out of memory'),
+    (RuntimeError('mat1 and mat2 shapes cannot be multiplied (4x512 and 256x3)'), 'shapes cannot be multiplied'),
+    (RuntimeError("could not download the pretrained weights of timm model 'resnet50'"), 'could not download'),
+    (TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'"), 'unsupported operand'),
+    (AttributeError("'NoneType' object has no attribute 'shape'"), "no attribute 'shape'"),
+    (KeyError('input_size'), 'input_size'),
+], ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else '')
+def test_other_start_up_errors_keep_their_traceback(error, match, capsys, monkeypatch):
+    """A bug or an exhausted device is not an argument error: it propagates as it was raised."""
+    monkeypatch.setattr('sys.argv', ['train.py'])
+    monkeypatch.setattr('timm_camaug.train_glue.create_mix_fn', _raise(error))
+    with pytest.raises(type(error), match=match) as e:
+        create_train_mix_fn(train_args('snapmix', ''), small_model())
+    assert e.value is error and e.value.__traceback__ is not None
+    assert capsys.readouterr().err == ''
 
 
 # --- start-up checks added for train.py

@@ -16,15 +16,24 @@ import torch
 from torch import nn
 
 from .args import check_train_args, is_active
+from .extractor import HubUnreachableError
 from .factory import create_mix_fn
 from .loss import MixedTargetLoss, has_auxiliary_outputs
 from .model_state import unwrap_model
 from .modes import MixMode
 from .modes.options import Option, OptionError
 
-__all__ = ['training_module', 'wrap_train_loss', 'create_train_mix_fn']
+__all__ = ['training_module', 'wrap_train_loss', 'create_train_mix_fn', 'STARTUP_ERRORS']
 
 _logger = logging.getLogger(__name__)
+
+# What building the mix function raises for a problem of the user's making, in words that say what to change:
+# a flag or option value the mode cannot use (ValueError, and the plugin's own ValueErrors: OptionError,
+# CheckpointError, TargetLayerError, NoFeatureMap, ScheduleError, ...), a weights file that does not exist, pretrained
+# weights that are neither cached nor reachable. train.py ends on these as on its own argument errors; anything
+# else (a RuntimeError such as CUDA running out of memory, a TypeError or AttributeError of a bug) keeps its
+# traceback.
+STARTUP_ERRORS = (ValueError, FileNotFoundError, HubUnreachableError)
 
 
 def training_module(model: nn.Module) -> nn.Module:
@@ -77,8 +86,9 @@ def create_train_mix_fn(
         timm_mixup: train.py's own ``Mixup`` (built from ``--mixup``/``--cutmix`` when the loader does not mix),
             or None.
         exit_on_error: a problem found while building (a bad layer name, an unreadable checkpoint, a model the
-            mode cannot use) ends the program as train.py's own argument errors do: one line on stderr naming
-            the flag, exit code 2, no traceback. False: raise it.
+            mode cannot use: one of :data:`STARTUP_ERRORS`) ends the program as train.py's own argument errors
+            do: one line on stderr naming the flag, exit code 2, no traceback. False: raise it. Other errors
+            propagate with their traceback either way.
     """
     if not is_active(args):
         raise ValueError("create_train_mix_fn: --mix-mode is 'none'; train.py only calls this when a mode is set")
@@ -94,7 +104,7 @@ def create_train_mix_fn(
             raise ValueError(f"--mix-mode {args.mix_mode} completes its targets from the training forward, but "
                              "train.py's loss is not wrapped: patch train.py again (`timm-camaug patch --revert "
                              "train.py`, then `timm-camaug patch train.py`)")
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as e:
+    except STARTUP_ERRORS as e:
         if not exit_on_error:
             raise
         _exit_like_argparse(e)
