@@ -313,3 +313,54 @@ def test_a_schedule_written_for_the_commands_is_the_same_schedule_in_train_py(sp
             shares['mixup'] = rest * timm_mix.prob - (cut if timm_mix.cutmix_alpha > 0 else 0.0)
     shares.pop('none', None)
     assert shares == {k: pytest.approx(v) for k, v in expected.items()}
+
+
+def test_each_batch_is_checked_once(monkeypatch):
+    """The schedule checks the batch (finite pixels, labels in range, the one-hot) once; the drawn member works on
+    the checked batch without checking it again, in a call and in make_params / apply."""
+    from timm_camaug.modes.base import MixMode
+    checked = []
+    real = MixMode._check_batch
+    monkeypatch.setattr(MixMode, '_check_batch', lambda self, x, t: (checked.append(self.name), real(self, x, t))[1])
+    mix = _schedule('snapmix:0.5+cutmix:0.5', seed=3)
+    x, y = _batch()
+    drawn = set()
+    for _ in range(6):
+        checked.clear()
+        xm, t = mix(x, y)
+        mix.finalize(t)
+        drawn.add(mix.last_drawn)
+        assert checked == ['schedule']
+        checked.clear()
+        params = mix.make_params(x, y)
+        mix.finalize(mix.apply(x, y, params)[1])
+        assert checked == ['schedule', 'schedule']
+    assert drawn == {'snapmix', 'cutmix'}
+
+
+@pytest.mark.parametrize('spec', ['cutmix:1.0+mixup:0.0', 'snapmix:1.0+cutmix:0.0'])
+def test_soft_input_targets_are_mixed_as_the_member_alone_mixes_them(spec):
+    """Soft targets from the caller (smoothed 0.2 by them; the modes smooth nothing) reach the drawn member as they
+    are, as a single mode takes them: not rebuilt from their argmax with the mode's smoothing, so mixed and unmixed
+    rows carry the caller's smoothing alike. Two members, the first always drawn (the second at probability 0),
+    so the schedule is not built as the mode itself."""
+    x, y = _batch()
+    soft = smooth_one_hot(y, K, 0.2)
+    mix = _schedule(spec, seed=1)
+    assert isinstance(mix, Schedule)
+    for target in (soft, y):
+        params = mix.make_params(x, target)
+        assert mix.drawn_name(params) == spec.split(':')[0]
+        xm, t = mix.apply(x, target, params)
+        mix.finalize(t)
+        member = mix.drawn(params)
+        alone_x, alone_t = member.apply(x, target, params.params)
+        member.finalize(alone_t)
+        assert torch.equal(xm, alone_x) and torch.equal(t, alone_t)
+    if spec.startswith('cutmix'):       # weights summing to one: every class keeps the caller's floor
+        assert float(t.min()) == 0.0
+        params = mix.make_params(x, soft)
+        t = mix.apply(x, soft, params)[1]
+        mix.finalize(t)
+        assert float(t.min()) >= 0.2 / K - 1e-6
+        torch.testing.assert_close(t.sum(1), torch.ones(4))

@@ -227,10 +227,14 @@ class Schedule(MixMode):
         u = float(torch.rand((), generator=self.generator, dtype=torch.float64)) * float(weights.sum())
         return timm[min(int((weights.cumsum(0) <= u).sum()), len(timm) - 1)]
 
+    # The batch and its targets are checked once, by the schedule's own call (``num_classes`` and
+    # ``label_smoothing`` are the members', checked at construction): the drawn member gets the checked batch,
+    # the soft targets and the labels, through its unchecked steps ``_make_params`` / ``_apply``.
+
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> ScheduleParams:
         index = self._draw()
         member = self._member(index)
-        params = member.make_params(x, labels) if member is not None else None
+        params = member._make_params(x, labels) if member is not None else None
         out = ScheduleParams(torch.zeros(x.shape[0], dtype=torch.bool) if params is None else params.active,
                              index, params)
         self.last_drawn = self.drawn_name(out)
@@ -241,7 +245,10 @@ class Schedule(MixMode):
         member = self._member(params.member)
         if member is None:
             return x, soft
-        return member.apply(x, labels, params.params)
+        # the caller's soft targets, as the member alone would take them (not rebuilt from their argmax), and the
+        # member's own pending batch for its finalize
+        member._drop_pending()
+        return member._apply_and_wait(x, soft, labels, params.params)
 
     def _begin_pending(self, params: ScheduleParams, soft: torch.Tensor, labels: torch.Tensor) -> Any:
         return self._member(params.member) or True
