@@ -73,6 +73,10 @@ def add_args(parser: argparse.ArgumentParser, validate: bool = True) -> argparse
             ns = parse_args(*a, **kw)
             warn_unknown_keys(ns, parser)
             problems = check_train_args(ns)
+            if problems and not is_active(ns) and parser.get_default('mix_mode') not in (None, NO_MIX):
+                # a --config file's mode switched off on the command line (--mix-mode none): the file's schedule
+                # keys (mix_mode_prob, mix_cam_start_epoch) go unused on purpose
+                problems = []
             if problems:
                 parser.error('; '.join(problems))
             return ns
@@ -139,6 +143,54 @@ def _batch_sizes(args: argparse.Namespace) -> List[int]:
     return [int(b) for b in sizes if isinstance(b, int) and not isinstance(b, bool)]
 
 
+def _int_arg(args: argparse.Namespace, name: str, default: int = 0) -> Optional[int]:
+    value = getattr(args, name, default)
+    value = default if value is None else value
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _cam_start_problems(args: argparse.Namespace) -> List[str]:
+    """``--mix-cam-start-epoch`` at or past train.py's last epoch: the guided modes would never run.
+
+    train.py trains epochs 0 to ``num_epochs - 1``, ``num_epochs`` from timm's ``create_scheduler_v2``: at most
+    ``--epochs`` + ``--cooldown-epochs`` (+ ``--warmup-epochs`` with ``--warmup-prefix``) for a single lr cycle;
+    more cycles (``--lr-cycle-limit``) make it longer, so the bound is not checked then."""
+    start = getattr(args, 'mix_cam_start_epoch', 0) or 0
+    if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+        return [f"--mix-cam-start-epoch must be an int >= 0, got {start!r}"]
+    epochs, cooldown = _int_arg(args, 'epochs', None), _int_arg(args, 'cooldown_epochs')
+    warmup = _int_arg(args, 'warmup_epochs') if getattr(args, 'warmup_prefix', False) else 0
+    cycles = _int_arg(args, 'lr_cycle_limit', 1)
+    if epochs is None or cooldown is None or warmup is None or cycles is None or cycles > 1:
+        return []
+    total = epochs + cooldown + warmup
+    if start == 0 or start < total:     # 0: nothing held back
+        return []
+    counted = f"--epochs {epochs}"
+    if cooldown:
+        counted += f" + --cooldown-epochs {cooldown}"
+    if warmup:
+        counted += f" + --warmup-epochs {warmup} (--warmup-prefix)"
+    last = f"train.py's epochs are 0 to {total - 1}" if total > 0 else "train.py trains no epoch"
+    return [f"--mix-cam-start-epoch {start} is beyond {counted}: {last}, so the guided modes would never run; "
+            f"lower it to {max(total - 1, 0)} or less (e.g. {total // 4})"]
+
+
+def _inactive_problems(args: argparse.Namespace) -> List[str]:
+    """Schedule flags given without a mix mode, which nothing would read."""
+    given = []
+    prob = getattr(args, 'mix_mode_prob', None)
+    if prob is not None:
+        text = ','.join(map(str, prob)) if isinstance(prob, (list, tuple)) else str(prob)
+        given.append(f"--mix-mode-prob {text}")
+    start = getattr(args, 'mix_cam_start_epoch', 0)
+    if start not in (None, 0):
+        given.append(f"--mix-cam-start-epoch {start}")
+    return [f"{flag} is given without a mix mode (--mix-mode none, the default): it sets the mix modes' schedule "
+            f"and would be ignored; add --mix-mode MODE (e.g. --mix-mode snapmix), or drop {flag.split()[0]} (config "
+            f"key {flag.split()[0][2:].replace('-', '_')})" for flag in given]
+
+
 def _schedule_problems(args: argparse.Namespace, modes: List[str]) -> Tuple[List[str], Optional[List[float]]]:
     problems: List[str] = []
     twice = sorted({m for m in modes if modes.count(m) > 1})
@@ -158,12 +210,7 @@ def _schedule_problems(args: argparse.Namespace, modes: List[str]) -> Tuple[List
                         "--mixup/--cutmix)")
     elif probs is not None and timm_rest and sum(probs) >= 1 - 1e-9:
         _logger.warning("timm-camaug: --mix-mode-prob adds up to 1: --mixup/--cutmix will never run")
-    start, epochs = getattr(args, 'mix_cam_start_epoch', 0) or 0, getattr(args, 'epochs', None)
-    if not isinstance(start, int) or start < 0:
-        problems.append(f"--mix-cam-start-epoch must be an int >= 0, got {start!r}")
-    elif isinstance(epochs, int) and start > epochs:
-        problems.append(f"--mix-cam-start-epoch {start} is beyond --epochs {epochs}: the guided modes would never "
-                        f"run; lower it (e.g. {epochs // 4})")
+    problems += _cam_start_problems(args)
     if timm_rest and (probs is None or sum(probs) < 1 - 1e-9):
         odd = [b for b in _batch_sizes(args) if b % 2]
         if odd:
@@ -173,13 +220,14 @@ def _schedule_problems(args: argparse.Namespace, modes: List[str]) -> Tuple[List
 
 
 def check_train_args(args: argparse.Namespace) -> List[str]:
-    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode(s) (empty: fine).
+    """Reasons the train.py flags in ``args`` cannot run with the selected mix mode(s) (empty: fine); without a
+    mix mode, the schedule flags (``--mix-mode-prob``, ``--mix-cam-start-epoch``) that would be ignored.
 
     Besides flag combinations, each selected mode's option values are checked here (as its constructor
     checks them), so a bad value stops train.py at start-up rather than after the model is built.
     """
     if not is_active(args):
-        return []
+        return _inactive_problems(args)
     try:
         modes = [m for m in (_mode_list(args.mix_mode) or '').split(',')]
     except argparse.ArgumentTypeError as e:
