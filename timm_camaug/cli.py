@@ -23,14 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog='timm-camaug', description='CAM- and saliency-guided mixing augmentations for timm train.py')
     parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
-    for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if not (e.name and module.startswith(e.name)):
-                raise
-            continue  # a subcommand not built yet
-        mod.register(sub)
+    for module in COMMANDS.values():
+        importlib.import_module(module).register(sub)
     return parser
 
 
