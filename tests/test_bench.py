@@ -27,6 +27,8 @@ def test_bench_cli_prints_a_table(capsys):
 
 @pytest.mark.parametrize('argv,message', [
     (['--mode', 'mixupp'], "unknown mix mode mixupp; choose one of snapmix"),
+    (['--mode', 'none'], r"'none' \(no mixing\) is not a row here; choose one of snapmix"),
+    (['--mode', ','], "no mix mode in ','; choose one of snapmix"),
     (['--mode', 'snapmix:0.5+cutmix'], "give every member a probability, or none of them"),
     (['--mode', 'snapmix:0.7+cutmix:0.7'], "add up to 1.4, more than 1"),
     (['--batch-size', '0'], '--batch-size must be >= 1, got 0'),

@@ -231,6 +231,8 @@ def test_a_broken_entry_point_is_skipped_with_one_warning(kind, registry, tmp_pa
     with pytest.raises(ValueError, match=f'^{re.escape(why)}$'):
         get_mode_class('broken')
     assert registry.failed_modes() == {'broken': why}
+    with pytest.raises(SystemExit, match=f'^timm-camaug bench: {re.escape(why)}$'):     # a command names it too
+        main(['bench', '--mode', 'broken'])
     warnings = [r.getMessage() for r in caplog.records if 'broken' in r.getMessage()]
     assert warnings == [f"timm-camaug: entry point broken = {module}:Mode (distribution timm-camaug-plugin-example "
                         f"0.1) failed to load and is skipped: {error}"]

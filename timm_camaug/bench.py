@@ -6,11 +6,14 @@ ratios hold on whatever machine runs them. Models are built with random weights 
 CAM costs the same whatever the weights), Attentive CutMix's extractor too.
 """
 import argparse
+import functools
 import os
 import platform
 import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .console import command_error, mode_rows
 
 __all__ = ['machine', 'time_interleaved', 'bench_modes', 'AroundTheForward', 'register', 'run']
 
@@ -122,7 +125,6 @@ def bench_modes(
     to its keyword options; ``amp_dtype`` ('bfloat16' or 'float16') runs the step and the CAMs under autocast.
     On CUDA each entry also has ``'peak_memory'``: the largest extra memory a call allocated, as a fraction of
     the step's own peak."""
-    import functools
     from contextlib import suppress
 
     import timm
@@ -231,8 +233,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _fail(msg: str) -> SystemExit:
-    return SystemExit(f"timm-camaug bench: {msg}")
+_fail = functools.partial(command_error, 'bench')
 
 
 _BN_SINGLE_VALUE = 'Expected more than 1 value per channel when training'
@@ -251,16 +252,12 @@ def _explained(e: BaseException, args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from .factory import mode_options_from_strings
     from .modes import MIX_MODES, get_mode_class
-    from .modes.schedule import ScheduleError, schedule_members
-    modes = list(MIX_MODES) if args.mode == 'all' else [m.strip() for m in args.mode.split(',') if m.strip()]
-    if not modes:
-        raise _fail(f"no mode in {args.mode!r}; choose from {', '.join(MIX_MODES)} or 'all'")
-    members = set()
-    for row in modes:
-        try:
-            members.update(schedule_members(row))
-        except ScheduleError as e:
-            raise _fail(str(e)) from None
+    from .modes.schedule import parse_schedule
+    try:
+        modes = mode_rows(args.mode, take_none=False)     # the train step is the row without mixing
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    members = {name for row in modes for name, _ in parse_schedule(row)}
     for name, value in (('--img-size', args.img_size), ('--batch-size', args.batch_size),
                         ('--num-classes', args.num_classes), ('--repeats', args.repeats)):
         if value < 1:

@@ -1,10 +1,12 @@
-""" What the console commands share: a progress bar (tqdm when installed, else a plain line per 10 %), byte
-sizes and file names for messages, and the name of the class-map file that train.py's ``--class-map`` reads. """
+""" What the console commands share: their error for a bad input, their list of mix modes, a progress bar
+(tqdm when installed, else a plain line per 10 %), byte sizes and file names for messages, and the name of the
+class-map file that train.py's ``--class-map`` reads. """
 import os
 import sys
-from typing import Optional, Protocol, TextIO
+from typing import List, Optional, Protocol, TextIO
 
-__all__ = ['CLASS_MAP_FILE', 'ProgressBar', 'progress_bar', 'format_bytes', 'printable']
+__all__ = ['CLASS_MAP_FILE', 'ProgressBar', 'progress_bar', 'format_bytes', 'printable', 'command_error',
+           'mode_rows']
 
 CLASS_MAP_FILE = 'class_map.txt'  # one class folder per line, in class-index order (train.py --class-map)
 
@@ -93,3 +95,50 @@ def printable(path: str) -> str:
     """``path`` as valid UTF-8 text for the terminal or a JSON file: bytes of a file name that are not UTF-8
     (Python keeps them as surrogates, which a strict UTF-8 stream refuses) are shown as ``\\xNN``."""
     return os.fsencode(path).decode('utf-8', 'backslashreplace')
+
+
+def command_error(command: str, msg: str) -> SystemExit:
+    """The exception a console command raises for an input it cannot use: ``raise command_error('bench', msg)``
+    prints ``timm-camaug bench: <msg>`` on stderr and exits with status 1."""
+    return SystemExit(f"timm-camaug {command}: {msg}")
+
+
+def mode_rows(text: str, *, take_none: bool = True) -> List[str]:
+    """The rows of a command's comma-separated list of mix modes (demo's ``--mix-mode``, bench's ``--mode``):
+    registered modes, timm's own ``cutmix`` / ``mixup``, schedules written with ``+`` (``snapmix:0.5+cutmix:0.5``),
+    ``all`` (every registered mode) and, with ``take_none``, ``none`` (no mixing). Repeated rows are kept once.
+    Raises ValueError naming the word that is not one of these (an entry-point mode that failed to load: why).
+
+    Examples:
+        >>> mode_rows('cutmix, snapmix:0.5+mixup:0.5, cutmix')
+        ['cutmix', 'snapmix:0.5+mixup:0.5']
+        >>> mode_rows('all')[:2]
+        ['snapmix', 'saliencymix']
+    """
+    from .modes import failed_modes, mix_modes
+    from .modes.schedule import NO_MIX, is_timm_member, parse_schedule
+    from .modes.timm_mixup import TIMM_PRESETS
+    known = mix_modes()
+    choices = (f"choose one of {', '.join(known)}, {', '.join(TIMM_PRESETS)} (timm's own), a schedule such as "
+               f"a:0.5+b:0.5, 'all'{f', {NO_MIX!r}' if take_none else ''}, or a comma-separated list of these")
+    rows: List[str] = []
+    for row in (r.strip() for r in str(text).split(',')):
+        if not row:
+            continue
+        if row == 'all':
+            rows += known
+        elif row == NO_MIX:
+            if not take_none:
+                raise ValueError(f"{NO_MIX!r} (no mixing) is not a row here; {choices}")
+            rows.append(row)
+        else:
+            names = [name for name, _ in parse_schedule(row)]      # ScheduleError (a ValueError) for its syntax
+            bad = [n for n in names if n not in known and not is_timm_member(n)]
+            if bad:
+                failed = failed_modes()
+                raise ValueError(next((failed[n] for n in bad if n in failed),
+                                      f"unknown mix mode {', '.join(bad)}; {choices}"))
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"no mix mode in {text!r}; {choices}")
+    return list(dict.fromkeys(rows))

@@ -10,6 +10,7 @@ With ``--train-py PATH`` (a train.py patched by ``timm-camaug patch``) the same 
 timm's own train.py instead: the data are written as an image folder and train.py runs once per mode.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from dataclasses import asdict
 from typing import Any, Dict, List, Optional, Sequence
 
 from .args import schedule_train_flags
-from .console import CLASS_MAP_FILE, progress_bar
+from .console import CLASS_MAP_FILE, command_error, mode_rows, progress_bar
 from .train_loop import BASELINE, DEFAULT_MODEL, RunResult, train_synthetic
 from .train_py_runner import TrainPyError, check_patched_train_py, parse_train_py_result, run_train_py_process
 
@@ -34,8 +35,7 @@ DEFAULT_TRAIN_SIZE = 1024
 SATURATED = 95.0        # no mixing at or above this top-1 (%): the run has nothing for a regulariser to correct
 
 
-def _fail(msg: str) -> SystemExit:
-    return SystemExit(f"timm-camaug demo: {msg}")
+_fail = functools.partial(command_error, 'demo')
 
 
 def _row_members(row: str) -> List[str]:
@@ -48,29 +48,12 @@ def _row_members(row: str) -> List[str]:
 
 
 def _mode_list(text: str) -> List[str]:
-    """Comparison rows: comma-separated modes, timm's 'cutmix'/'mixup', schedules written with '+'
-    ('snapmix:0.5+cutmix:0.5'), 'none', or 'all' (every registered mode)."""
-    from .modes import MIX_MODES
-    from .modes.schedule import is_timm_member
-    rows: List[str] = []
-    for row in (r.strip() for r in text.split(',')):
-        if not row:
-            continue
-        if row == 'all':
-            rows += list(MIX_MODES)
-            continue
-        if row == BASELINE:
-            rows.append(row)
-            continue
-        bad = [m for m in _row_members(row) if m not in MIX_MODES and not is_timm_member(m)]
-        if bad:
-            raise argparse.ArgumentTypeError(
-                f"unknown mix mode {', '.join(bad)}; choose one of {', '.join(MIX_MODES)}, cutmix, mixup (timm's), "
-                "'none', 'all', a schedule such as a:0.5+b:0.5, or a comma-separated list of these")
-        rows.append(row)
-    if not rows:
-        raise argparse.ArgumentTypeError(f"no mix mode in {text!r}")
-    return rows
+    """``--mix-mode``'s comparison rows (:func:`~timm_camaug.console.mode_rows`: modes, timm's 'cutmix'/'mixup',
+    schedules written with '+', 'none', 'all'), or argparse's error naming the word it cannot use."""
+    try:
+        return mode_rows(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def offline_network(cls):
@@ -407,30 +390,28 @@ def _check(args: argparse.Namespace) -> None:
     from .synthetic import MAX_CLASSES, PARTS_MAX_CLASSES
     for name in ('epochs', 'train_size', 'val_size', 'batch_size', 'seeds'):
         if getattr(args, name) < 1:
-            raise SystemExit(f"timm-camaug demo: --{name.replace('_', '-')} must be >= 1")
+            raise _fail(f"--{name.replace('_', '-')} must be >= 1")
     if args.img_size < 16:
-        raise SystemExit("timm-camaug demo: --img-size must be >= 16")
+        raise _fail("--img-size must be >= 16")
     most = PARTS_MAX_CLASSES if args.data == 'parts' else MAX_CLASSES
     if not 2 <= args.num_classes <= most:
-        raise SystemExit(f"timm-camaug demo: --num-classes must be in 2..{most}"
-                         + (' with --data parts' if args.data == 'parts' else ''))
+        raise _fail(f"--num-classes must be in 2..{most}" + (' with --data parts' if args.data == 'parts' else ''))
     if args.train_size < args.batch_size:
-        raise SystemExit(f"timm-camaug demo: --train-size {args.train_size} is smaller than --batch-size "
-                         f"{args.batch_size}")
+        raise _fail(f"--train-size {args.train_size} is smaller than --batch-size {args.batch_size}")
     if args.output and not args.train_py:
-        raise SystemExit("timm-camaug demo: --output applies to --train-py runs")
+        raise _fail("--output applies to --train-py runs")
     if args.train_py and args.data != 'head':
-        raise SystemExit("timm-camaug demo: --data parts is scored on its hidden-part test splits by the demo's own "
-                         "loop; train.py validates one split: drop --train-py or use --data head")
+        raise _fail("--data parts is scored on its hidden-part test splits by the demo's own "
+                    "loop; train.py validates one split: drop --train-py or use --data head")
     import timm
     if not timm.is_model(args.model):
-        raise SystemExit(f"timm-camaug demo: unknown timm model {args.model!r}")
+        raise _fail(f"unknown timm model {args.model!r}")
     if args.device != 'cpu':
         import torch
         try:
             torch.empty(1, device=args.device)
         except (RuntimeError, AssertionError) as e:
-            raise SystemExit(f"timm-camaug demo: --device {args.device} is not usable here: {e}") from None
+            raise _fail(f"--device {args.device} is not usable here: {e}") from None
 
 
 def run(args: argparse.Namespace) -> int:

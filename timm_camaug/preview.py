@@ -11,9 +11,11 @@ takes any timm model (its class count read from the checkpoint's classifier), ``
 a fine-tuned model's classes (see :mod:`timm_camaug.readers`).
 """
 import argparse
+import functools
 import os
 from typing import Any, Dict, Optional, Sequence
 
+from .console import command_error
 from .readers import DEFAULT_PHOTOS, ReadError, checkpoint_num_classes, load_images, read_class_names
 
 __all__ = ['render_preview', 'parse_mode_options', 'register', 'run']
@@ -22,8 +24,7 @@ _BOX_COLOURS = {'target': '#ffff00', 'source': '#00ffff'}
 _MAX_NAME = 32      # longest class name printed (longer ones end in '...')
 
 
-def _fail(msg: str) -> SystemExit:
-    return SystemExit(f"timm-camaug preview: {msg}")
+_fail = functools.partial(command_error, 'preview')
 
 
 def parse_mode_options(mode: str, items: Sequence[str]) -> Dict[str, Any]:

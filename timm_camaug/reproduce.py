@@ -16,6 +16,7 @@ not run again, an interrupted or failed one restarts from its last checkpoint (t
 import argparse
 import ast
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from .console import command_error
 from .train_py_runner import TrainPyError, check_patched_train_py, run_train_py_process, summary_rows
 
 __all__ = ['PAPER_TOP1', 'PAPER_SOURCE', 'PAPER_MISSING', 'Run', 'ReproduceError', 'config_path', 'parse_sets',
@@ -70,8 +72,7 @@ class ReproduceError(ValueError):
     """A reproduction that cannot start; the message says why and what to do."""
 
 
-def _fail(msg: str) -> SystemExit:
-    return SystemExit(f"timm-camaug reproduce: {msg}")
+_fail = functools.partial(command_error, 'reproduce')
 
 
 @dataclass
