@@ -19,6 +19,7 @@ from torch import nn
 from timm_camaug import add_args, create_mix_fn, get_mode_class
 from timm_camaug.cam import layer_maps
 from timm_camaug.modes import transmix as transmix_module
+from timm_camaug.loss import MixedTargetLoss
 from timm_camaug.modes.transmix import (TransMix, cam_pasted_share, cell_box_cover, patch_box_mask,
                                         transmix_pasted_weight)
 from timm_camaug.targets import smooth_one_hot
@@ -300,7 +301,8 @@ def test_next_call_drops_an_unfinished_batch():
     x, y = batch()
     mix(x, y)
     assert hooks(model) == 1
-    xm, t = mix(x, y)              # no forward, no finalize for the first: dropped
+    with pytest.warns(UserWarning, match=r'finalize\(target\) was not called after the forward'):
+        xm, t = mix(x, y)          # no forward, no finalize for the first: dropped
     assert hooks(model) == 1
     model(xm)
     assert mix.finalize(t).shape == (4, K)
@@ -581,7 +583,7 @@ def test_batch_mode_mixes_as_timm_mixup(cutmix):
     mix = build(vit(), seed=3, label_smoothing=0.1, **kw)
     params = mix.make_params(x, y)
     xm, t = mix.apply(x, y, params)
-    mix._drop_pending()
+    mix._drop_pending(warn=False)
     ref = TimmMixup(num_classes=K, label_smoothing=0.1, **kw)
     ref_x, ref_t = ref.apply(x, y, params)
     assert torch.equal(xm, ref_x) and torch.equal(t, ref_t)
@@ -691,3 +693,64 @@ def test_value_map_refusals():
         build(vit(global_pool='avg'), label_map='value')
     with pytest.raises(ValueError, match=r"transmix: label_map='value': ResNet has no class token"):
         build(cnn(), size=64, label_map='value')
+
+
+# --- a batch left without finalize
+
+UNFINALIZED = ("transmix: the labels of a mixed batch were left at CutMix's box-area rule because finalize(target) was "
+               "not called after the forward; in the loop: loss = loss_fn(model(x), mix_fn.finalize(target)) "
+               "(warned once)")
+
+
+def _recorded(steps):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter('always')
+        steps()
+    return [w for w in seen if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize('spec', ['transmix', 'transmix:0.5+cutmix:0.5'])
+def test_a_batch_left_without_finalize_warns_once(spec):
+    """A loop that never calls finalize keeps CutMix's area labels: the next call says so, once per mix function,
+    pointing at the caller's line (also through a schedule, whose member drops the batch)."""
+    model = vit()
+    mix = create_mix_fn(spec, model=model, num_classes=K, options={'transmix': {'mixup_alpha': 0.0}},
+                        generator=torch.Generator().manual_seed(0), data_config={'input_size': (3, 32, 32)},
+                        **({'mixup_alpha': 0.0} if spec == 'transmix' else {}))
+    x, y = batch()
+
+    def forgetful_loop():
+        for _ in range(8):
+            xm, t = mix(x, y)
+            model(xm)               # the forward, then the loss on t without finalize
+
+    (w,) = _recorded(forgetful_loop)
+    assert str(w.message) == UNFINALIZED
+    assert w.filename == __file__
+    assert _recorded(forgetful_loop) == []          # once per instance
+    if spec == 'transmix':
+        assert hooks(model) == 1                    # the last batch still pending: close drops it, quietly
+        assert _recorded(mix.close) == [] and hooks(model) == 0
+
+
+def test_no_warning_when_finalize_is_called_or_has_nothing_to_complete():
+    model = vit()
+    x, y = batch()
+    mix = build(model)
+    loss_fn = MixedTargetLoss(nn.CrossEntropyLoss()).bind(mix)      # train.py's patched loss
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        for _ in range(3):                  # the documented loop
+            xm, t = mix(x, y)
+            model(xm)
+            mix.finalize(t)
+        for _ in range(3):                  # train.py's patched path: the wrapped loss finalizes
+            xm, t = mix(x, y)
+            loss_fn(model(xm), t).backward()
+        mix(x, y)                           # close drops a pending batch without a warning
+        mix.close()
+        # Mixup and unmixed batches: finalize returns the target as it is, so dropping them loses nothing
+        for kw in (dict(mixup_alpha=0.8, cutmix_alpha=0.0), dict(prob=0.0)):
+            other = build(vit(), **kw)
+            for _ in range(3):
+                other(x, y)

@@ -18,6 +18,9 @@ implements ``_make_params``, ``_apply`` and ``regions``; :func:`timm_camaug.regi
 """
 import argparse
 import inspect
+import os
+import sys
+import warnings
 from contextlib import suppress
 from dataclasses import dataclass, fields
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Sequence, Tuple
@@ -133,6 +136,7 @@ class MixMode:
         self.mixup_enabled = True
         self.epoch = 0
         self._pending: Any = None
+        self._warned_unfinalized = False       # the warning of an uncompleted batch, given once per instance
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -243,9 +247,21 @@ class MixMode:
         self._pending = self._begin_pending(params, soft, labels)
         return x_mixed, soft
 
-    def _drop_pending(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
+    def _drop_pending(self, warn: bool = True) -> None:
+        """Release a batch still pending (the next call came, or :meth:`close`); ``warn``: say once per instance
+        when ``finalize`` never completed it (:meth:`_left_at`)."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending, None
+        try:
+            left_at = self._left_at(pending) if warn and not self._warned_unfinalized else None
+            if left_at is not None:
+                self._warned_unfinalized = True
+                warnings.warn(
+                    f"{self.name}: the labels of a mixed batch were left at {left_at} because finalize(target) was "
+                    "not called after the forward; in the loop: loss = loss_fn(model(x), mix_fn.finalize(target)) "
+                    "(warned once)", UserWarning, stacklevel=_outside_package())
+        finally:
             self._release(pending)
 
     def _make_params(self, x: torch.Tensor, labels: torch.Tensor) -> MixParams:
@@ -264,6 +280,11 @@ class MixMode:
 
     def _release(self, pending: Any) -> None:
         """Free what ``_begin_pending`` took (hooks), whether or not ``finalize`` ran."""
+
+    def _left_at(self, pending: Any) -> Optional[str]:
+        """What the targets of ``pending`` stay if ``finalize`` never completes them, in words (e.g. "the box-area
+        rule"); None when ``finalize`` would leave them as they are (nothing is lost: no warning)."""
+        return None
 
     # --- what preview and the label-fidelity measure ask
 
@@ -319,6 +340,18 @@ class MixMode:
 
     def _randperm(self, n: int) -> torch.Tensor:
         return torch.randperm(n, generator=self.generator)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def _outside_package() -> int:
+    """``stacklevel`` for the warning its caller raises: the first frame outside ``timm_camaug`` (the user's
+    loop, however many of the package's calls lie between)."""
+    level, frame = 1, sys._getframe(1)      # stacklevel 1: the function that calls this one and warns
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _shown(value: Any) -> str:

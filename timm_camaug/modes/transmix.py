@@ -489,9 +489,12 @@ class TransMix(TimmMixup):
         if pending.capture is not None:
             pending.capture.disarm()
 
+    def _left_at(self, pending: _Pending) -> Optional[str]:
+        return "CutMix's box-area rule" if pending.capture is not None else None
+
     def close(self) -> None:
-        """Remove the capture hook (also a persistent one) and drop a pending batch."""
-        self._drop_pending()
+        """Remove the capture hook (also a persistent one) and drop a pending batch (deliberately: no warning)."""
+        self._drop_pending(warn=False)
         self._capture.close()
 
     # --- what preview and the label-fidelity measure ask
