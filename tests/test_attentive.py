@@ -12,6 +12,7 @@ import timm
 from conftest import assert_same_state, fill_grads, imagenet_normalize, pretrained_efficientnet_lite0, real_photo, \
     state_snapshot
 from timm_camaug import add_args, create_mix_fn
+from timm_camaug.extractor import HubUnreachableError
 from timm_camaug.modes.attentive import AttentiveCutMix, AttentiveParams, top_cells
 from timm_camaug.targets import smooth_one_hot
 
@@ -456,7 +457,7 @@ def test_download_failure_names_the_checkpoint_option(monkeypatch, no_downloads)
 
     monkeypatch.setattr(timm, 'create_model', offline)
     monkeypatch.setattr('timm_camaug.extractor._hub_problem', lambda url, timeout=None: None)   # the hub answers
-    with pytest.raises(RuntimeError, match=r"could not download the pretrained weights of timm model 'resnet50'.*"
+    with pytest.raises(HubUnreachableError, match=r"could not download the pretrained weights of timm model 'resnet50'.*"
                                            r"extractor_checkpoint=<file> \(train.py: --attentive-extractor-checkpoint"):
         create_mix_fn('attentive', num_classes=K)
 

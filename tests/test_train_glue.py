@@ -195,7 +195,7 @@ def test_start_up_errors_of_the_users_making_end_in_one_line(error, message, cap
 @pytest.mark.parametrize('error, match', [
     (torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB'), 'CUDA out of memory'),
     (RuntimeError('mat1 and mat2 shapes cannot be multiplied (4x512 and 256x3)'), 'shapes cannot be multiplied'),
-    (RuntimeError("could not download the pretrained weights of timm model 'resnet50'"), 'could not download'),
+    (RuntimeError('Expected all tensors to be on the same device, but found at least two devices'), 'same device'),
     (TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'"), 'unsupported operand'),
     (AttributeError("'NoneType' object has no attribute 'shape'"), "no attribute 'shape'"),
     (KeyError('input_size'), 'input_size'),

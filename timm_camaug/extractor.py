@@ -34,7 +34,8 @@ class ForwardError(ValueError):
 
 
 class HubUnreachableError(RuntimeError):
-    """Pretrained weights are needed from a hub that cannot be reached, and are not in the local cache."""
+    """Pretrained weights are needed from a hub that cannot be reached (or their download failed), and are not in
+    the local cache."""
 
 
 def _classifier_prefixes(model: nn.Module) -> Tuple[str, ...]:
@@ -328,7 +329,7 @@ def create_timm_model(
     try:
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except OSError as e:     # huggingface_hub's LocalEntryNotFoundError, urllib's URLError, ...
-        raise RuntimeError(
+        raise HubUnreachableError(
             f"could not download the pretrained weights of timm model {name!r} ({type(e).__name__}: {e}). "
             f"Without internet access, download them elsewhere and pass {offline_hint}") from e
 
