@@ -216,7 +216,7 @@ def _install_plugin(tmp_path, monkeypatch, mode: str, module: str, source: str) 
 
 
 @pytest.mark.parametrize('kind', list(_BROKEN_PLUGINS))
-def test_a_broken_entry_point_is_skipped_with_one_warning(kind, registry, tmp_path, monkeypatch, caplog):
+def test_a_broken_entry_point_is_skipped_with_one_warning(kind, registry, tmp_path, monkeypatch, caplog, capsys):
     module = f"broken_plugin_{kind.replace('-', '_')}"
     source, error = _BROKEN_PLUGINS[kind]
     error = error.format(module=module)
@@ -233,6 +233,9 @@ def test_a_broken_entry_point_is_skipped_with_one_warning(kind, registry, tmp_pa
     assert registry.failed_modes() == {'broken': why}
     with pytest.raises(SystemExit, match=f'^timm-camaug bench: {re.escape(why)}$'):     # a command names it too
         main(['bench', '--mode', 'broken'])
+    with pytest.raises(SystemExit):                                                    # and train.py's flag
+        _train_parser().parse_args(['--mix-mode', 'broken'])
+    assert f"argument --mix-mode: {why}" in capsys.readouterr().err
     warnings = [r.getMessage() for r in caplog.records if 'broken' in r.getMessage()]
     assert warnings == [f"timm-camaug: entry point broken = {module}:Mode (distribution timm-camaug-plugin-example "
                         f"0.1) failed to load and is skipped: {error}"]

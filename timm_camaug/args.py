@@ -5,7 +5,7 @@ import logging
 from typing import List, Optional, Tuple
 
 from .factory import mode_names, mode_options_from_args, timm_mixup_from_args, train_schedule
-from .modes import get_mode_class, mix_modes
+from .modes import failed_modes, get_mode_class, mix_modes
 from .modes.options import OptionError, option_dest
 from .modes.schedule import NO_MIX, ScheduleError, is_timm_member, parse_schedule
 
@@ -21,6 +21,9 @@ def _mode_list(text) -> str:
         return NO_MIX
     known = mix_modes()
     bad = [m for m in modes if m not in known]
+    failed = failed_modes()
+    if any(m in failed for m in bad):
+        raise argparse.ArgumentTypeError('; '.join(failed[m] for m in bad if m in failed))
     if not modes or bad:
         hint = ''
         if any(is_timm_member(m) for m in bad):
