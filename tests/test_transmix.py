@@ -3,6 +3,7 @@ models; the extension to models without a class token; finalize's contract; star
 import argparse
 import doctest
 import gc
+import logging
 import math
 import os
 import subprocess
@@ -695,7 +696,7 @@ def test_value_map_refusals():
         build(cnn(), size=64, label_map='value')
 
 
-# --- a batch left without finalize
+# --- a batch left without finalize, and class maps that give no evidence
 
 UNFINALIZED = ("transmix: the labels of a mixed batch were left at CutMix's box-area rule because finalize(target) was "
                "not called after the forward; in the loop: loss = loss_fn(model(x), mix_fn.finalize(target)) "
@@ -754,3 +755,79 @@ def test_no_warning_when_finalize_is_called_or_has_nothing_to_complete():
             other = build(vit(), **kw)
             for _ in range(3):
                 other(x, y)
+
+
+def zero_head_resnet():
+    torch.manual_seed(0)
+    model = timm.create_model('test_resnet', num_classes=K).train()
+    with torch.no_grad():
+        model.get_classifier().weight.zero_()
+    return model
+
+
+def mixer():
+    """timm's MLP-Mixer, whose head timm initialises to zero (small, for a CPU)."""
+    from timm.models.mlp_mixer import MlpMixer
+    torch.manual_seed(0)
+    return MlpMixer(num_classes=K, img_size=32, patch_size=8, num_blocks=2, embed_dim=32).train()
+
+
+def _fallback_warnings(caplog):
+    return [r.getMessage() for r in caplog.records
+            if r.name == transmix_module.__name__ and r.levelno == logging.WARNING]
+
+
+@pytest.mark.parametrize('make', [zero_head_resnet, mixer], ids=['zeroed_head', 'mixer'])
+def test_class_maps_without_evidence_warn_once(make, caplog):
+    """A zero classifier gives all-zero class maps: every CutMix row falls back to the area share. Said once."""
+    model = make()
+    mix = build(model, size=32)
+    assert mix.reader == 'cam'
+    x, y = batch()
+    with caplog.at_level(logging.WARNING, logger=transmix_module.__name__):
+        for _ in range(3):
+            params = mix.make_params(x, y)
+            xm, t = mix.apply(x, y, params)
+            model(xm)
+            mix.finalize(t)
+            torch.testing.assert_close(params.evidence, params.area)      # the fallback
+    (message,) = _fallback_warnings(caplog)
+    name = type(model).__name__
+    assert message == (
+        f"transmix: the class maps of {name} gave no evidence for any row of this CutMix batch (epoch 0), so their "
+        f"labels fell back to CutMix's box-area rule; {name}'s classifier is all zeros (timm zero-initialises some "
+        "heads, MLP-Mixer's among them), so its maps appear only once the head has trained; start from pretrained "
+        "weights (train.py: --pretrained)")
+
+
+def test_class_maps_with_evidence_do_not_warn(caplog):
+    model = cnn('test_resnet')
+    mix = build(model, size=32)
+    x, y = batch()
+    with caplog.at_level(logging.WARNING, logger=transmix_module.__name__):
+        for seed in range(3):
+            xm, t = mix(*batch(seed=seed))
+            model(xm)
+            mix.finalize(t)
+        mix.set_epoch(1)
+    assert _fallback_warnings(caplog) == []
+
+
+def test_fallback_count_is_read_only_at_set_epoch_on_an_accelerator(monkeypatch, caplog):
+    """On an accelerator the count stays on the device (no host sync per step) and is read at set_epoch."""
+    monkeypatch.setattr(transmix_module._AreaFallbacks, 'on_host', property(lambda self: False))
+    model = zero_head_resnet()
+    mix = build(model, size=32)
+    x, y = batch()
+    with caplog.at_level(logging.WARNING, logger=transmix_module.__name__):
+        for _ in range(3):
+            xm, t = mix(x, y)
+            model(xm)
+            mix.finalize(t)
+        assert _fallback_warnings(caplog) == []
+        mix.set_epoch(1)
+        (message,) = _fallback_warnings(caplog)
+        assert message.startswith("transmix: the class maps of ResNet gave no evidence for any row of 3 of the last 3 "
+                                  "CutMix batches (epoch 0), so their labels fell back to CutMix's box-area rule")
+        mix.set_epoch(2)
+        assert len(_fallback_warnings(caplog)) == 1

@@ -115,10 +115,16 @@ def cam_pasted_share(map_a: torch.Tensor, map_b: torch.Tensor, cover: torch.Tens
     """The extension's share of the pasted image B: ``E_b / (E_a + E_b)`` with ``E_a`` the positive part of A's
     class map outside the box and ``E_b`` the positive part of B's map inside it (``cover``: (N, h, w) share of
     each cell inside the box); the box's ``area`` share where both are 0."""
+    return _cam_share(map_a, map_b, cover, area)[0]
+
+
+def _cam_share(map_a, map_b, cover, area) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`cam_pasted_share`, (N,) bool: rows that fell back to the area, both evidences 0 or not finite)."""
     e_a = (map_a.float().clamp_min(0) * (1 - cover)).flatten(1).sum(1)
     e_b = (map_b.float().clamp_min(0) * cover).flatten(1).sum(1)
     total = e_a + e_b
-    return torch.where(total > 0, e_b / torch.where(total > 0, total, torch.ones_like(total)), area)
+    found = total > 0
+    return torch.where(found, e_b / torch.where(found, total, torch.ones_like(total)), area), ~found
 
 
 @dataclass
@@ -211,6 +217,7 @@ class TransMix(TimmMixup):
                              f"{self.num_classes}")
         self._stash: Optional[Tuple[torch.Tensor, Tuple[int, int]]] = None
         self._finalized = False
+        self._fallback = _AreaFallbacks()
         self.reader, self._attention, found = self._choose_reader(label_map)
         # the feature map's site (class maps), or what reads the class token's output ('value')
         self._site, self._readout = (None, found) if self.reader == VALUE else (found, None)
@@ -477,7 +484,11 @@ class TransMix(TimmMixup):
             else:
                 map_a, map_b = class_maps(self.model, captured, (h, w), labels)
             cover = to_device(cell_box_cover(params.boxes, (h, w), map_a.shape[-2:]), dev)
-            evidence = cam_pasted_share(map_a, map_b, cover, area)
+            evidence, fell_back = _cam_share(map_a, map_b, cover, area)
+            if not self._fallback.reported:     # counted on the device; read here on the CPU, else at set_epoch
+                self._fallback.add(fell_back, cut, int((params.active & params.use_cutmix).sum()))
+                if self._fallback.on_host:
+                    self._report_fallback()
             weight = (1.0 - self.cam_ratio) * area + self.cam_ratio * evidence
         soft = pending.soft.to(dev)
         completed = (1.0 - weight)[:, None] * soft + weight[:, None] * soft[perm]
@@ -497,6 +508,31 @@ class TransMix(TimmMixup):
         self._drop_pending(warn=False)
         self._capture.close()
 
+    def set_epoch(self, epoch: int) -> None:
+        self._report_fallback()       # the epoch that ended; on an accelerator the count is read here, once
+        super().set_epoch(epoch)
+
+    def _report_fallback(self) -> None:
+        """Warn once when most CutMix batches counted since the last report had class maps with no positive
+        evidence on either side of the box for every row: those labels fell back to the box-area rule."""
+        fell_back, seen = self._fallback.take()
+        if not seen or fell_back * 2 < seen or self._fallback.reported:
+            return
+        self._fallback.reported = True
+        model = type(self.model).__name__
+        maps = 'value-weighted attention maps' if self.reader == VALUE else 'class maps'
+        what = ('this CutMix batch' if seen == 1 else f'{fell_back} of the last {seen} CutMix batches') + \
+            f' (epoch {self.epoch})'
+        clf = self.model.get_classifier() if hasattr(self.model, 'get_classifier') else None
+        if isinstance(clf, nn.Linear) and not bool(clf.weight.detach().any()):
+            why = (f"{model}'s classifier is all zeros (timm zero-initialises some heads, MLP-Mixer's among them), "
+                   "so its maps appear only once the head has trained; start from pretrained weights (train.py: "
+                   "--pretrained)")
+        else:
+            why = f"{model}'s {maps} have no positive part where the two labels' images show"
+        _logger.warning(f"transmix: the {maps} of {model} gave no evidence for any row of {what}, so their labels "
+                        f"fell back to CutMix's box-area rule; {why}")
+
     # --- what preview and the label-fidelity measure ask
 
     def row_notes(self, params: TransMixParams, labels: torch.Tensor) -> List[str]:
@@ -511,6 +547,44 @@ class TransMix(TimmMixup):
         what = {ATTENTION: 'attention', VALUE: 'value-weighted attention', CAM: 'class maps'}[self.reader]
         area, ev = (t.detach().float().cpu().tolist() for t in (params.area, params.evidence))
         return [f'box: area {a:.2f}, {what} {e:.2f}' if c else '' for c, a, e in zip(cut.tolist(), area, ev)]
+
+
+class _AreaFallbacks:
+    """Counts CutMix batches whose every CutMix row fell back to the area share, without a host-device sync.
+
+    ``add`` queues the count on the maps' device; ``take`` reads it back. On the CPU reading costs nothing and
+    the caller takes it after every batch; on an accelerator it is a sync, so the caller takes it only at
+    ``set_epoch`` (once per epoch, where train.py synchronises anyway), as the CAM modes read their
+    :class:`~timm_camaug.modes.cam_guided.DegenerateMaps`. Nothing is counted once the warning was given.
+    """
+
+    def __init__(self):
+        self._fell_back: Optional[torch.Tensor] = None    # 0-d int64 on the maps' device
+        self.seen = 0
+        self.reported = False
+
+    @property
+    def on_host(self) -> bool:
+        return self._fell_back is None or self._fell_back.device.type == 'cpu'
+
+    def add(self, fell_back: torch.Tensor, cut: torch.Tensor, n_cut: int) -> None:
+        """``fell_back``, ``cut``: (N,) bool on the device (rows that fell back, CutMix rows); ``n_cut``: the
+        number of CutMix rows, known on the host."""
+        if n_cut == 0:
+            return
+        whole = ((fell_back & cut).sum() == n_cut).long()
+        if self._fell_back is not None and self._fell_back.device == whole.device:
+            whole = whole + self._fell_back
+        elif self._fell_back is not None:       # the batches moved to another device: count afresh there
+            self.seen = 0
+        self._fell_back = whole
+        self.seen += 1
+
+    def take(self) -> Tuple[int, int]:
+        """(batches that fell back entirely, CutMix batches) since the last take."""
+        fell_back, seen = self._fell_back, self.seen
+        self._fell_back, self.seen = None, 0
+        return (0 if fell_back is None else int(fell_back)), seen
 
 
 def _check_model_arg(model: Optional[nn.Module]) -> nn.Module:
