@@ -83,6 +83,7 @@ def test_shapes_and_targets(mode, smoothing, extractor):
                                    mix.apply(x, y, params)[1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings('ignore:.*finalize.target. was not called:UserWarning')   # replays apply with no forward
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_replay_and_seeded_reproducibility(mode, extractor):
     model = _model()
@@ -172,6 +173,7 @@ def test_autocast_and_channels_last(mode, amp_dtype, extractor):
     torch.testing.assert_close(tc, ref[1], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.filterwarnings('ignore:.*finalize.target. was not called:UserWarning')   # replays apply with no forward
 @pytest.mark.parametrize('mode', MIX_MODES)
 def test_input_size_changes_between_calls(mode, extractor):
     """train.py can change the input size from one step to the next (--train-img-sizes): one mix function
