@@ -432,3 +432,16 @@ def test_config_recipe_transforms(dataset):
     evaluation = create_transform(cfg['img_size'], is_training=False, crop_pct=cfg['crop_pct'],
                                   interpolation=cfg['interpolation'])
     assert evaluation.transforms[0].size == 512 and tuple(evaluation.transforms[1].size) == (448, 448)
+
+
+def test_a_mode_reading_the_forward_needs_the_wrapped_loss(capsys, monkeypatch):
+    """TransMix completes its labels from the training forward through the loss that patch part 6 wraps; a train.py
+    whose loss is not wrapped (patched by the earlier release) is told how to upgrade, instead of training on
+    area labels without a word."""
+    monkeypatch.setattr('sys.argv', ['train.py'])
+    with pytest.raises(SystemExit) as e:
+        create_train_mix_fn(train_args('transmix', ''), small_model(), loss_fn=torch.nn.CrossEntropyLoss())
+    assert e.value.code == 2
+    assert re.fullmatch(r"train.py: error: timm-camaug: --mix-mode transmix completes its targets from the training "
+                        r"forward, but train.py's loss is not wrapped: a train.py patched by the earlier release; "
+                        r"upgrade it with `timm-camaug patch train.py`\n", capsys.readouterr().err)

@@ -189,7 +189,8 @@ def summary(results: Sequence[RunResult], args: argparse.Namespace) -> List[str]
                    "regulariser (every mix mode is one) has nothing to correct and only makes the task harder; "
                    "this short schedule favours no mixing. The methods claim gains where a model overfits or leans "
                    "on one cue: few images per class, long schedules, parts hidden at test time. "
-                   "benchmarks/accuracy.py measures those regimes (hours on a CPU; BENCHMARKS.md holds the results).")
+                   "benchmarks/accuracy.py measures those regimes, with controls that locate where a row loses (hours on a "
+                   "CPU; the README's 'Does it help?' sums them up, BENCHMARKS.md holds the tables).")
     return out
 
 

@@ -102,8 +102,8 @@ def create_train_mix_fn(
             loss_fn.bind(mix_fn)
         elif mix_fn.reads_training_forward:
             raise ValueError(f"--mix-mode {args.mix_mode} completes its targets from the training forward, but "
-                             "train.py's loss is not wrapped: patch train.py again (`timm-camaug patch --revert "
-                             "train.py`, then `timm-camaug patch train.py`)")
+                             "train.py's loss is not wrapped: a train.py patched by the earlier release; upgrade it with "
+                             "`timm-camaug patch train.py`")
     except STARTUP_ERRORS as e:
         if not exit_on_error:
             raise
