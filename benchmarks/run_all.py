@@ -49,7 +49,7 @@ BENCHMARKS = {
                            'As above at 128 px (a finer CAM grid for the same model).'),
     # hours of CPU: every run is kept in benchmarks/results/accuracy.json as it ends, so an interrupted run resumes
     'accuracy': ('Does it help? Accuracy per mode over seeds', ['accuracy.py'],
-                 'Validation top-1 of no mixing, timm\'s CutMix and Mixup and each mode, mean ± std over 3 seeds, in '
+                 'Validation top-1 of no mixing, timm\'s CutMix and Mixup and each mode, mean ± std over 3 seeds (2 for the runs at 3x the epochs), in '
                  'the regimes the papers argue from (fine-tuning an ImageNet network on 32 images per class; '
                  'classes that differ in several parts, tested with one part hidden), and the runs that explain '
                  'SnapMix\'s result (`benchmarks/accuracy.py`).'),
