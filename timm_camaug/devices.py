@@ -4,7 +4,7 @@ from typing import Union
 
 import torch
 
-__all__ = ['to_device', 'assert_in_range', 'assert_finite']
+__all__ = ['to_device', 'assert_in_range', 'assert_finite', 'assert_on_device']
 
 
 def to_device(t: torch.Tensor, device: Union[str, torch.device, None]) -> torch.Tensor:
@@ -34,11 +34,16 @@ def assert_in_range(labels: torch.Tensor, num_classes: int, what: str = 'label')
         if bool(bad.any()):
             raise ValueError(f"{what} {int(labels[bad][0])} is out of range for num_classes={num_classes}")
         return
-    message = f"a {what} is out of range for num_classes={num_classes}"
+    assert_on_device(~bad.any(), f"a {what} is out of range for num_classes={num_classes}")
+
+
+def assert_on_device(ok: torch.Tensor, message: str) -> None:
+    """Queue the check that the boolean scalar ``ok`` (on an accelerator) is true: nothing waits for the answer,
+    and a false one ends the run at the next synchronisation with a device-side assertion."""
     try:
-        torch._assert_async(~bad.any(), message)
+        torch._assert_async(ok, message)
     except TypeError:   # torch before the message overload
-        torch._assert_async(~bad.any())
+        torch._assert_async(ok)
 
 
 _PIXELS_WHY = ("; a mix mode refuses them, as one bad pixel changes every sample's label weights through the "
@@ -62,8 +67,4 @@ def assert_finite(x: torch.Tensor, what: str = 'x', why: str = _PIXELS_WHY) -> N
             first = int((~torch.isfinite(x)).flatten(1).any(1).nonzero()[0, 0])
             raise ValueError(f"{what} holds NaN or infinite values (first in sample {first}){why}")
         return
-    message = f"{what} holds NaN or infinite values"
-    try:
-        torch._assert_async(finite, message)
-    except TypeError:   # torch before the message overload
-        torch._assert_async(finite)
+    assert_on_device(finite, f"{what} holds NaN or infinite values")

@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 from timm.data.mixup import one_hot
 
-from .devices import assert_finite, assert_in_range, to_device
+from .devices import assert_finite, assert_in_range, assert_on_device, to_device
 
 __all__ = ['smooth_one_hot', 'prepare_targets', 'mix_soft_targets', 'assert_unmixed']
 
@@ -66,7 +66,4 @@ def assert_unmixed(soft: torch.Tensor) -> None:
             row = int(mixed.nonzero()[0, 0])
             raise ValueError(f"soft target row {row} spreads its weight over several classes: {_MIXED_WHY}")
         return
-    try:
-        torch._assert_async(~mixed.any(), f"soft targets spread over several classes: {_MIXED_WHY}")
-    except TypeError:   # torch before the message overload
-        torch._assert_async(~mixed.any())
+    assert_on_device(~mixed.any(), f"soft targets spread over several classes: {_MIXED_WHY}")
