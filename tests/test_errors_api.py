@@ -528,7 +528,7 @@ def test_degenerate_count_needs_no_sync():
     maps[4, 0, 0] = float('nan')
     count.add(maps, (32, 32))
     count.add(torch.zeros(2, 3, 3), (32, 32))
-    assert isinstance(count._constant, torch.Tensor) and count.seen == 7
+    assert isinstance(count._count, torch.Tensor) and count.seen == 7
     assert count.take() == (5, 7)
     assert count.take() == (0, 0)
 

@@ -1,10 +1,10 @@
 """ Moving a mode's random draws (made on the CPU) to the batch's device without stalling the step, and checks
 of a batch that cost no host-device synchronisation on an accelerator (queued device-side assertions). """
-from typing import Union
+from typing import Optional, Tuple, Union
 
 import torch
 
-__all__ = ['to_device', 'assert_in_range', 'assert_finite', 'assert_on_device']
+__all__ = ['to_device', 'assert_in_range', 'assert_finite', 'assert_on_device', 'DeviceCount']
 
 
 def to_device(t: torch.Tensor, device: Union[str, torch.device, None]) -> torch.Tensor:
@@ -68,3 +68,37 @@ def assert_finite(x: torch.Tensor, what: str = 'x', why: str = _PIXELS_WHY) -> N
             raise ValueError(f"{what} holds NaN or infinite values (first in sample {first}){why}")
         return
     assert_on_device(finite, f"{what} holds NaN or infinite values")
+
+
+class DeviceCount:
+    """A running count kept on the device of what it counts, so that adding to it costs no host-device sync.
+
+    ``add`` queues a 0-d count on its device; ``take`` reads the total back and starts afresh. Reading is a sync
+    on an accelerator, so callers take it rarely there (once per epoch) and after every call on the CPU
+    (:attr:`on_host`), where it costs nothing. ``reported``: the caller's flag that the count has been acted on.
+    """
+
+    def __init__(self):
+        self._count: Optional[torch.Tensor] = None     # 0-d int64 on the device of what is counted
+        self.seen = 0
+        self.reported = False
+
+    @property
+    def on_host(self) -> bool:
+        return self._count is None or self._count.device.type == 'cpu'
+
+    def add(self, count: torch.Tensor, seen: int) -> None:
+        """Add ``count`` (0-d, on its device) hits out of ``seen`` items."""
+        count = count.long()
+        if self._count is not None and self._count.device == count.device:
+            count = count + self._count
+        elif self._count is not None:      # the batches moved to another device: count afresh there
+            self.seen = 0
+        self._count = count
+        self.seen += int(seen)
+
+    def take(self) -> Tuple[int, int]:
+        """(hits, items) since the last take."""
+        count, seen = self._count, self.seen
+        self._count, self.seen = None, 0
+        return (0 if count is None else int(count)), seen

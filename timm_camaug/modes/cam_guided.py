@@ -9,11 +9,13 @@ from torch import nn
 
 from ..cam import (CAM_METHODS, FEATURES, CamMethodError, TargetLayerError, layer_maps, pool_linear_classifier,
                    resolve_target_layer, upsample_maps)
+from ..devices import DeviceCount
 from ..model_state import BN_MODES, unwrap_model
 from .base import MixMode
 from .options import Option, OptionError, fraction, is_finite_number, optional_str, require
 
-__all__ = ['CamGuidedMode', 'DegenerateMaps', 'normalise_max', 'normalise_min_max', 'UPSAMPLING']
+__all__ = ['CamGuidedMode', 'DegenerateMaps', 'normalise_max', 'normalise_min_max', 'UPSAMPLING',
+           'probe_input_size', 'input_size_error']
 
 _logger = logging.getLogger(__name__)
 
@@ -102,22 +104,8 @@ class CamGuidedMode(MixMode):
         return CAM_METHODS
 
     def probe_input_size(self) -> Tuple[int, ...]:
-        """(C, H, W) of the start-up probe: the data config's input size, else the model's own (its patch
-        embedding's ``img_size``, ViT's ``patch_embed`` or MLP-Mixer's ``stem``, else its pretrained config's),
-        else 224 px."""
-        size = (self.data_config or {}).get('input_size')
-        if size:
-            return tuple(int(s) for s in size)
-        cfg = getattr(self.model, 'pretrained_cfg', None) or {}
-        chans = int((cfg.get('input_size') or (3,))[0])
-        img = next((getattr(m, 'img_size', None) for m in self.model.modules()
-                    if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')), None)
-        if img is not None:
-            img = tuple(img) if isinstance(img, (tuple, list)) else (img, img)
-            return (chans,) + tuple(int(s) for s in img)
-        if cfg.get('input_size'):
-            return tuple(int(s) for s in cfg['input_size'])
-        return chans, 224, 224
+        """(C, H, W) of the start-up probe (:func:`probe_input_size`)."""
+        return probe_input_size(self.model, self.data_config)
 
     def _check_model(self) -> None:
         """One CAM of two seeded noise images at the probe size: a model, layer or method the mode cannot use
@@ -136,10 +124,7 @@ class CamGuidedMode(MixMode):
         try:
             self.guidance_maps(x, torch.zeros(2, dtype=torch.long, device=dev))
         except AssertionError as e:     # timm's patch embeddings assert their input size
-            raise ValueError(
-                f"{self.name}: {type(self.model).__name__} cannot take {size[-2]}x{size[-1]} inputs ({e}); build the "
-                f"model for the training size (timm.create_model(..., img_size=...); train.py: --model-kwargs "
-                f"img_size=<size>) or pass data_config with that input_size") from None
+            raise input_size_error(self.name, self.model, size, e) from None
         except ValueError as e:
             if isinstance(e, OptionError) or conv is None or size[0] == conv[1].in_channels:
                 raise
@@ -291,48 +276,54 @@ class CamGuidedMode(MixMode):
         return self.cam_layer in (None, FEATURES) and pool_linear_classifier(self.model) is not None
 
 
+def probe_input_size(model: nn.Module, data_config: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
+    """(C, H, W) of a start-up probe: the data config's input size, else the model's own (its patch embedding's
+    ``img_size``, ViT's ``patch_embed`` or MLP-Mixer's ``stem``, else its pretrained config's), else 224 px."""
+    size = (data_config or {}).get('input_size')
+    if size:
+        return tuple(int(s) for s in size)
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    chans = int((cfg.get('input_size') or (3,))[0])
+    img = next((getattr(m, 'img_size', None) for m in model.modules()
+                if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')), None)
+    if img is not None:
+        img = tuple(img) if isinstance(img, (tuple, list)) else (img, img)
+        return (chans,) + tuple(int(s) for s in img)
+    if cfg.get('input_size'):
+        return tuple(int(s) for s in cfg['input_size'])
+    return chans, 224, 224
+
+
+def input_size_error(mode: str, model: nn.Module, size: Tuple[int, ...], e: Exception) -> ValueError:
+    """What a mode says when its start-up probe at ``size`` fails because the model was built for another size
+    (timm's patch embeddings assert their input size)."""
+    return ValueError(f"{mode}: {type(model).__name__} cannot take {size[-2]}x{size[-1]} inputs ({e}); build the model "
+                      f"for the training size (timm.create_model(..., img_size=...); train.py: --model-kwargs "
+                      f"img_size=<size>) or pass data_config with that input_size")
+
+
 def _first_conv(model: nn.Module) -> Optional[Tuple[str, nn.Conv2d]]:
     """(name, module) of the model's first 2-D convolution (its stem or patch embedding), or None."""
     return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
-class DegenerateMaps:
-    """Counts guidance maps that are constant (all zero, or one value everywhere) without a host-device sync.
-
-    ``add`` queues the count on the maps' device; ``take`` reads it back (a sync on an accelerator: callers take
-    it at the start of an epoch there, and after every call on the CPU, where reading costs nothing) and
-    starts a new count. A constant map guides nothing: SnapMix's label weights fall back to area ratios,
-    Gutout cuts nothing.
+class DegenerateMaps(DeviceCount):
+    """Counts guidance maps that are constant (all zero, or one value everywhere) without a host-device sync
+    (:class:`~timm_camaug.devices.DeviceCount`: callers take the count at the start of an epoch on an
+    accelerator, after every call on the CPU). A constant map guides nothing: SnapMix's label weights fall back to
+    area ratios, Gutout cuts nothing.
     """
 
     def __init__(self):
-        self._constant: Optional[torch.Tensor] = None     # 0-d int64 on the maps' device
-        self.seen = 0
-        self.reported = False
+        super().__init__()
         self.grid: Tuple[int, ...] = ()          # the (h, w) of the maps last counted, and of their input
         self.input_hw: Tuple[int, ...] = ()
-
-    @property
-    def on_host(self) -> bool:
-        return self._constant is None or self._constant.device.type == 'cpu'
 
     def add(self, maps: torch.Tensor, input_hw: Tuple[int, ...] = ()) -> None:
         self.grid, self.input_hw = tuple(maps.shape[-2:]), tuple(input_hw)
         flat = maps.detach().flatten(1).float()
         span = flat.amax(1) - flat.amin(1)
-        constant = (~(span > 1e-6 * flat.abs().amax(1))).sum()      # NaN spans count as constant too
-        if self._constant is not None and self._constant.device == constant.device:
-            constant = constant + self._constant
-        elif self._constant is not None:      # the batches moved to another device: count afresh there
-            self.seen = 0
-        self._constant = constant
-        self.seen += int(flat.shape[0])
-
-    def take(self) -> Tuple[int, int]:
-        """(constant maps, maps) since the last take."""
-        constant, seen = self._constant, self.seen
-        self._constant, self.seen = None, 0
-        return (0 if constant is None else int(constant)), seen
+        super().add((~(span > 1e-6 * flat.abs().amax(1))).sum(), flat.shape[0])     # NaN spans count as constant
 
 
 def normalise_max(maps: torch.Tensor) -> torch.Tensor:

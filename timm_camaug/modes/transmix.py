@@ -37,11 +37,11 @@ from ..attention import (ClassAttention, NoClassAttention, class_value_contribut
                          patch_attention)
 from ..capture import ForwardCapture, NoFeatureMap, class_maps, find_feature_site
 from ..cam import _token_grid
-from ..devices import to_device
+from ..devices import DeviceCount, to_device
 from ..targets import mix_soft_targets
 from ..model_state import cam_forward_mode, unwrap_model
 from .base import MixParams
-from .cam_guided import CamGuidedMode
+from .cam_guided import input_size_error, probe_input_size
 from .options import Option, is_finite_number, parse_bool, require
 from .timm_mixup import TimmMixup, TimmMixupParams
 
@@ -337,17 +337,14 @@ class TransMix(TimmMixup):
         return [torch.einsum('npd,nd->np', parts, rows[y.to(rows.device)]).view(-1, gh, gw) for y in labels]
 
     def _probe_batch(self) -> torch.Tensor:
-        size = CamGuidedMode.probe_input_size(self)     # the data config's input size, else the model's own
+        size = probe_input_size(self.model, self.data_config)     # the data config's size, else the model's own
         p = next(self.model.parameters(), None)
         dev = p.device if p is not None else (self.device or torch.device('cpu'))
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         return torch.zeros((2,) + tuple(size), device=dev, dtype=dtype)
 
     def _size_error(self, e: Exception) -> ValueError:
-        size = CamGuidedMode.probe_input_size(self)
-        return ValueError(f"transmix: {type(self.model).__name__} cannot take {size[-2]}x{size[-1]} inputs ({e}); build "
-                          "the model for the training size (timm.create_model(..., img_size=...); train.py: "
-                          "--model-kwargs img_size=<size>) or pass data_config with that input_size")
+        return input_size_error(self.name, self.model, probe_input_size(self.model, self.data_config), e)
 
     def _check_model(self) -> None:
         """One forward of two blank images: the hook sees it, and what it captures fits the patch grid."""
@@ -549,42 +546,16 @@ class TransMix(TimmMixup):
         return [f'box: area {a:.2f}, {what} {e:.2f}' if c else '' for c, a, e in zip(cut.tolist(), area, ev)]
 
 
-class _AreaFallbacks:
-    """Counts CutMix batches whose every CutMix row fell back to the area share, without a host-device sync.
-
-    ``add`` queues the count on the maps' device; ``take`` reads it back. On the CPU reading costs nothing and
-    the caller takes it after every batch; on an accelerator it is a sync, so the caller takes it only at
-    ``set_epoch`` (once per epoch, where train.py synchronises anyway), as the CAM modes read their
-    :class:`~timm_camaug.modes.cam_guided.DegenerateMaps`. Nothing is counted once the warning was given.
-    """
-
-    def __init__(self):
-        self._fell_back: Optional[torch.Tensor] = None    # 0-d int64 on the maps' device
-        self.seen = 0
-        self.reported = False
-
-    @property
-    def on_host(self) -> bool:
-        return self._fell_back is None or self._fell_back.device.type == 'cpu'
+class _AreaFallbacks(DeviceCount):
+    """Counts CutMix batches whose every CutMix row fell back to the area share, without a host-device sync
+    (:class:`~timm_camaug.devices.DeviceCount`; taken after every batch on the CPU, at ``set_epoch`` on an
+    accelerator, as the CAM modes take their :class:`~timm_camaug.modes.cam_guided.DegenerateMaps`)."""
 
     def add(self, fell_back: torch.Tensor, cut: torch.Tensor, n_cut: int) -> None:
         """``fell_back``, ``cut``: (N,) bool on the device (rows that fell back, CutMix rows); ``n_cut``: the
         number of CutMix rows, known on the host."""
-        if n_cut == 0:
-            return
-        whole = ((fell_back & cut).sum() == n_cut).long()
-        if self._fell_back is not None and self._fell_back.device == whole.device:
-            whole = whole + self._fell_back
-        elif self._fell_back is not None:       # the batches moved to another device: count afresh there
-            self.seen = 0
-        self._fell_back = whole
-        self.seen += 1
-
-    def take(self) -> Tuple[int, int]:
-        """(batches that fell back entirely, CutMix batches) since the last take."""
-        fell_back, seen = self._fell_back, self.seen
-        self._fell_back, self.seen = None, 0
-        return (0 if fell_back is None else int(fell_back)), seen
+        if n_cut:
+            super().add((fell_back & cut).sum() == n_cut, 1)
 
 
 def _check_model_arg(model: Optional[nn.Module]) -> nn.Module:
