@@ -103,14 +103,16 @@ def test_preview_any_timm_model_with_a_checkpoint(tmp_path, capsys):
               '--size', '64', '--output', str(out), '--class-names', str(names)])
 
 
-@pytest.mark.parametrize('layout', ['bare', 'state_dict', 'state_dict_ema', 'module.'])
+@pytest.mark.parametrize('layout', ['bare', 'state_dict', 'state_dict_ema', 'module.', 'lightning'])
 def test_checkpoint_num_classes_from_the_classifier_weight(layout, tmp_path):
+    """Read as the model loads it: a Lightning checkpoint's 'model.' prefix too, which the loader strips."""
     import timm
     model = timm.create_model('test_resnet', num_classes=7)
     sd = model.state_dict()
     ckpt = {'bare': sd, 'state_dict': {'state_dict': sd, 'epoch': 2},
             'state_dict_ema': {'state_dict': sd, 'state_dict_ema': sd},
-            'module.': {'state_dict': {'module.' + k: v for k, v in sd.items()}}}[layout]
+            'module.': {'state_dict': {'module.' + k: v for k, v in sd.items()}},
+            'lightning': {'state_dict': {'model.' + k: v for k, v in sd.items()}, 'epoch': 2}}[layout]
     torch.save(ckpt, tmp_path / 'c.pth')
     assert checkpoint_num_classes('test_resnet', str(tmp_path / 'c.pth')) == 7
     # a head-less checkpoint or an unreadable file: no answer (loading it reports the problem)

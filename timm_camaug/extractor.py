@@ -19,7 +19,7 @@ from torch import nn
 from .pixels import resolve_mean_std
 
 __all__ = ['CheckpointError', 'ForwardError', 'HubUnreachableError', 'create_timm_model', 'freeze', 'frozen_copy', 'hub_reachable',
-           'model_mean_std', 'read_checkpoint', 'spatial_features']
+           'model_mean_std', 'read_checkpoint', 'checkpoint_state', 'spatial_features']
 
 HUB_TIMEOUT = 3.0    # seconds to wait for a TCP connection to the hub before calling it unreachable
 _WEIGHT_SUFFIXES = ('.pth', '.pt', '.bin', '.safetensors', '.pth.tar', '.ckpt')
@@ -121,13 +121,6 @@ def read_checkpoint(path: str) -> Any:
                               "write or copy it again") from None
 
 
-def _clean_key(key: str) -> str:
-    for prefix in ('_orig_mod.', 'module.', '_orig_mod.'):    # torch.compile / DDP wrappers, in either order
-        if key.startswith(prefix):
-            key = key[len(prefix):]
-    return key
-
-
 def _state_of(checkpoint: Any, path: str) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
     """(state_dict, the architecture the checkpoint names) of a loaded checkpoint, as timm picks it (EMA
     weights first, then ``state_dict``, then ``model``)."""
@@ -140,7 +133,8 @@ def _state_of(checkpoint: Any, path: str) -> Tuple[Dict[str, torch.Tensor], Opti
         if isinstance(checkpoint.get(key), dict):
             state = checkpoint[key]
             break
-    tensors = {_clean_key(str(k)): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    from timm.models import clean_state_dict     # DDP / torch.compile prefixes, in either order
+    tensors = clean_state_dict({str(k): v for k, v in state.items() if isinstance(v, torch.Tensor)})
     if not tensors:
         keys = ', '.join(map(str, list(state)[:4])) + (' ...' if len(state) > 4 else '')
         raise CheckpointError(f"{path!r} holds no weight tensors (its keys: {keys or 'none'}): it is not a state_dict "
@@ -160,11 +154,18 @@ def _without_wrapper_prefix(state: Dict[str, torch.Tensor], own: Dict[str, Any])
     return stripped if set(own) <= set(stripped) else state
 
 
+def checkpoint_state(checkpoint: str, model: nn.Module) -> Tuple[Dict[str, torch.Tensor], Optional[str]]:
+    """(state_dict, the architecture it names) of a weights file for ``model``: a plain state_dict or a
+    timm/train.py checkpoint (EMA weights first), with DDP/compile prefixes and a wrapper's (Lightning's
+    ``model.``) removed where that makes its keys the model's. Errors as :func:`read_checkpoint`."""
+    state, arch = _state_of(read_checkpoint(checkpoint), checkpoint)
+    return _without_wrapper_prefix(state, model.state_dict()), arch
+
+
 def _load_local(model: nn.Module, name: str, checkpoint: str, name_hint: str = '') -> None:
     """Load a plain state_dict or a timm/train.py checkpoint into ``model`` (EMA weights when present)."""
-    state, arch = _state_of(read_checkpoint(checkpoint), checkpoint)
+    state, arch = checkpoint_state(checkpoint, model)
     own = model.state_dict()
-    state = _without_wrapper_prefix(state, own)
     # a head the model was built without (num_classes=0) is not needed for features
     drop = _classifier_prefixes(model)
     state = {k: v for k, v in state.items() if k in own or not k.startswith(drop)}

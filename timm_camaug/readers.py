@@ -47,21 +47,21 @@ def load_images(paths: Sequence[str], size: int):
 
 def checkpoint_num_classes(name: str, checkpoint: str) -> Optional[int]:
     """Classes of the head stored in ``checkpoint`` for timm model ``name``: the rows of its classifier weight
-    (the key of ``model.get_classifier()`` + ``.weight``, in a train.py checkpoint's ``state_dict_ema`` /
-    ``state_dict`` or a bare state dict). None when it cannot tell (no such key, unreadable file: loading
-    the checkpoint then reports the problem)."""
+    (the key of ``model.get_classifier()`` + ``.weight``), read as the model loads it
+    (:func:`timm_camaug.extractor.checkpoint_state`). None when it cannot tell (no such key, unreadable file:
+    loading the checkpoint then reports the problem)."""
     import timm
     import torch
-    from timm.models import load_state_dict
-    try:
-        state = load_state_dict(checkpoint, use_ema=True)
-    except Exception:
-        return None
+    from .extractor import checkpoint_state
     try:
         with torch.device('meta'):      # the module names only: no memory, no initialisation
             model = timm.create_model(name, pretrained=False)
     except Exception:
         model = timm.create_model(name, pretrained=False)
+    try:
+        state, _ = checkpoint_state(checkpoint, model)
+    except Exception:
+        return None
     head = model.get_classifier()
     head = head[0] if isinstance(head, (tuple, list)) else head
     key = next((f'{n}.weight' for n, m in model.named_modules() if m is head and n), None)
