@@ -16,11 +16,13 @@ Run: ``python benchmarks/transmix_cost.py`` (``--quick``: batch 8, 3 repeats; ``
 """
 import argparse
 import functools
+import statistics
 import sys
 from contextlib import suppress
 from pathlib import Path
 
 import timm
+from timm.loss import SoftTargetCrossEntropy
 import torch
 import torch.nn.functional as F
 
@@ -45,11 +47,12 @@ def measure(model_name, size, batch, repeats, device, amp_dtype=None):
     x = torch.randn(batch, 3, size, size, device=dev)
     y = torch.randint(0, K, (batch,), device=dev)
     soft = F.one_hot(y, K).float()
+    loss_fn = SoftTargetCrossEntropy()
 
     def step(target):
         with amp():
             out = net(x)
-        loss = torch.sum(-target * F.log_softmax(out.float(), -1), -1).mean()
+        loss = loss_fn(out.float(), target)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
@@ -61,7 +64,7 @@ def measure(model_name, size, batch, repeats, device, amp_dtype=None):
         xm, target = cut_only(x, y)
         with amp():
             out = net(xm)
-        loss = torch.sum(-cut_only.finalize(target) * F.log_softmax(out.float(), -1), -1).mean()
+        loss = loss_fn(out.float(), cut_only.finalize(target))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=False)
@@ -91,8 +94,8 @@ def measure(model_name, size, batch, repeats, device, amp_dtype=None):
         entry = {'seconds': seconds, 'ratio': seconds / base}
         if name in straddle:
             fn = straddle[name]
-            entry['seconds'] = sorted(fn.seconds[-repeats:])[len(fn.seconds[-repeats:]) // 2]
-            entry['finalize_seconds'] = sorted(fn.finalize_seconds[-repeats:])[len(fn.finalize_seconds[-repeats:]) // 2]
+            entry['seconds'] = statistics.median(fn.seconds[-repeats:])
+            entry['finalize_seconds'] = statistics.median(fn.finalize_seconds[-repeats:])
             entry['ratio'] = entry['seconds'] / base
         if name == 'train step with transmix (CutMix only)':
             entry['excess_ratio'] = (seconds - base) / base

@@ -74,3 +74,13 @@ def test_mode_options_from_strings_parses_booleans_as_the_flags_do(monkeypatch):
     assert mode_options_from_strings('gutout', ['flag=on']) == {'flag': True}
     with pytest.raises(ValueError, match=r"--set flag=maybe: expected a boolean"):
         mode_options_from_strings('gutout', ['flag=maybe'])
+
+
+def test_bench_says_which_rows_straddle_the_forward_schedules_too(capsys):
+    """A row whose labels are completed after the training forward (TransMix, alone or in a schedule) is timed on
+    its call and finalize only, and the output says so for exactly those rows."""
+    assert cli.main(['bench', '--mode', 'saliencymix,transmix,transmix:0.5+cutmix:0.5', '--model', 'test_resnet',
+                     '--img-size', '32', '--batch-size', '2', '--num-classes', '3', '--repeats', '1']) == 0
+    out = capsys.readouterr().out
+    assert ('transmix, transmix:0.5+cutmix:0.5: the call plus finalize() after the training forward (the forward '
+            'itself is the step\'s own and is not counted)') in out

@@ -96,12 +96,13 @@ class AroundTheForward:
         del output
 
     def training_step(self, opt):
-        """A whole training step with the mode (for its extra peak memory over a plain step)."""
+        """A whole training step with the mode, as the plain step is one (for its extra peak memory)."""
+        from timm.loss import SoftTargetCrossEntropy
         x_mixed, target = self.mix_fn(self.x, self.y)
         with self.amp():
-            output = self.net(x_mixed)
-            loss = -(self.mix_fn.finalize(target) * output.float().log_softmax(-1)).sum(-1).mean()
+            loss = SoftTargetCrossEntropy()(self.net(x_mixed), self.mix_fn.finalize(target))
         loss.backward()
+        opt.step()
         opt.zero_grad(set_to_none=False)
 
 
@@ -134,6 +135,7 @@ def bench_modes(
     from .extractor import create_timm_model
     from .factory import create_mix_fn
     from .modes import get_mode_class
+    from .modes.cam_guided import model_img_size
     from .modes.schedule import is_timm_member, parse_schedule
 
     dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -141,10 +143,9 @@ def bench_modes(
            if amp_dtype else suppress)
     torch.manual_seed(0)
     net = timm.create_model(model, num_classes=num_classes)
-    embed = next((m for m in net.modules() if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')),
-                 None)
-    if embed is not None and tuple(embed.img_size) != (img_size, img_size):     # a ViT or MLP-Mixer: built for the
-        torch.manual_seed(0)                                                      # size, as --model-kwargs does
+    built_for = model_img_size(net)
+    if built_for is not None and built_for != (img_size, img_size):     # a ViT or MLP-Mixer: built for the size,
+        torch.manual_seed(0)                                            # as train.py's --model-kwargs does
         net = timm.create_model(model, num_classes=num_classes, img_size=img_size)
     net = net.to(dev).train()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -194,6 +195,9 @@ def bench_modes(
         if isinstance(fn, AroundTheForward):
             times[name] = statistics.median(fn.seconds[-repeats:])
     out = {k: {'seconds': v, 'ratio': v / times['train step']} for k, v in times.items()}
+    for name, fn in fns.items():
+        if isinstance(fn, AroundTheForward):
+            out[name]['around_forward'] = True
     if dev.type == 'cuda':
         def peak(fn):
             torch.cuda.synchronize(dev)
@@ -251,7 +255,6 @@ def _explained(e: BaseException, args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from .factory import mode_options_from_strings
-    from .modes import MIX_MODES, get_mode_class
     from .modes.schedule import parse_schedule
     try:
         modes = mode_rows(args.mode, take_none=False)     # the train step is the row without mixing
@@ -293,7 +296,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{machine()}\n{args.model}, {args.img_size} px, batch {args.batch_size}"
           f"{', ' + args.amp if args.amp else ''}{', channels-last' if args.channels_last else ''}: "
           f"median of {args.repeats} interleaved repeats")
-    straddling = [m for m in modes if m in MIX_MODES and get_mode_class(m).reads_training_forward]
+    straddling = [m for m, r in results.items() if r.get('around_forward')]
     if straddling:
         print(f"{', '.join(straddling)}: the call plus finalize() after the training forward (the forward itself "
               "is the step's own and is not counted)")

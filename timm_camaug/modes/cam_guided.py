@@ -15,7 +15,7 @@ from .base import MixMode
 from .options import Option, OptionError, fraction, is_finite_number, optional_str, require
 
 __all__ = ['CamGuidedMode', 'DegenerateMaps', 'normalise_max', 'normalise_min_max', 'UPSAMPLING',
-           'probe_input_size', 'input_size_error']
+           'probe_input_size', 'model_img_size', 'input_size_error']
 
 _logger = logging.getLogger(__name__)
 
@@ -284,14 +284,23 @@ def probe_input_size(model: nn.Module, data_config: Optional[Dict[str, Any]] = N
         return tuple(int(s) for s in size)
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     chans = int((cfg.get('input_size') or (3,))[0])
-    img = next((getattr(m, 'img_size', None) for m in model.modules()
-                if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')), None)
+    img = model_img_size(model)
     if img is not None:
-        img = tuple(img) if isinstance(img, (tuple, list)) else (img, img)
-        return (chans,) + tuple(int(s) for s in img)
+        return (chans,) + img
     if cfg.get('input_size'):
         return tuple(int(s) for s in cfg['input_size'])
     return chans, 224, 224
+
+
+def model_img_size(model: nn.Module) -> Optional[Tuple[int, int]]:
+    """(H, W) a model was built for, where its patch embedding fixes one (ViT's ``patch_embed``, MLP-Mixer's
+    ``stem``); None for models that take any size."""
+    img = next((getattr(m, 'img_size', None) for m in model.modules()
+                if getattr(m, 'img_size', None) is not None and hasattr(m, 'patch_size')), None)
+    if img is None:
+        return None
+    img = tuple(img) if isinstance(img, (tuple, list)) else (img, img)
+    return int(img[0]), int(img[1])
 
 
 def input_size_error(mode: str, model: nn.Module, size: Tuple[int, ...], e: Exception) -> ValueError:
