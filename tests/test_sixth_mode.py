@@ -233,6 +233,8 @@ def test_a_broken_entry_point_is_skipped_with_one_warning(kind, registry, tmp_pa
     assert registry.failed_modes() == {'broken': why}
     with pytest.raises(SystemExit, match=f'^timm-camaug bench: {re.escape(why)}$'):     # a command names it too
         main(['bench', '--mode', 'broken'])
+    with pytest.raises(SystemExit, match=f'^timm-camaug preview: {re.escape(why)}$'):
+        main(['preview', '--mode', 'broken', '--output', str(tmp_path / 'broken.png')])
     with pytest.raises(SystemExit):                                                    # and train.py's flag
         _train_parser().parse_args(['--mix-mode', 'broken'])
     assert f"argument --mix-mode: {why}" in capsys.readouterr().err

@@ -69,9 +69,12 @@ def parse_schedule(text: str) -> List[Tuple[str, Optional[float]]]:
 def schedule_members(text: str) -> List[str]:
     """The member names of a schedule (or of a single mode), each a registered mode or timm's ``cutmix`` /
     ``mixup``; ScheduleError naming any other."""
-    from . import mix_modes
+    from . import failed_modes, mix_modes
     names = [name for name, _ in parse_schedule(text)]
     bad = [n for n in names if n not in mix_modes() and not is_timm_member(n)]
+    failed = failed_modes()
+    if any(n in failed for n in bad):     # a plugin's mode that did not load: say why
+        raise ScheduleError('; '.join(failed[n] for n in bad if n in failed))
     if bad:
         raise ScheduleError(f"unknown mix mode {', '.join(bad)}; choose one of {', '.join(mix_modes())}, or "
                             f"{', '.join(TIMM_PRESETS)} (timm's own), joined by + in a schedule (a:0.5+b:0.5)")
