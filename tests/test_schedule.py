@@ -161,7 +161,7 @@ def test_repr_and_member_names():
     ('snapmix:0.5+cutmix', {}, ValueError, r'give every member a probability, or none of them'),
     ('snapmix:-0.1+cutmix:0.5', {}, ValueError, r"snapmix: '-0.1' must be a probability in \[0, 1\]"),
     ('snapmix:x+cutmix:0.5', {}, ValueError, r"snapmix: 'x' is not a number"),
-    ('snapmixx:0.5+cutmix:0.5', {}, ValueError, r"unknown mix mode 'snapmixx'"),
+    ('snapmixx:0.5+cutmix:0.5', {}, ValueError, r"^unknown mix mode snapmixx; choose one of snapmix"),
     ('snapmix:0.5+cutmix:0.5', {'beta': 2.0}, TypeError, r"beta: a schedule takes each member's options as options="),
     ('snapmix:0.5+cutmix:0.5', {'prob': 0.5}, TypeError, r'prob= applies to a single mode'),
     ('snapmix:0.5+cutmix:0.5', {'options': {'gutout': {}}}, ValueError, r'options for gutout, which the schedule'),

@@ -8,7 +8,8 @@ from torch import nn
 
 from .modes import MixMode, get_mode_class, mix_modes
 from .modes.options import OptionError, option_dest
-from .modes.schedule import NO_MIX, Schedule, ScheduleError, is_timm_member, parse_probabilities, parse_schedule
+from .modes.schedule import (NO_MIX, Schedule, ScheduleError, is_timm_member, parse_probabilities, parse_schedule,
+                             schedule_members)
 from .modes.timm_mixup import TIMM_PRESETS, TimmMixup
 
 __all__ = ['create_mix_fn', 'mode_options_from_args', 'mode_options_from_strings', 'option_dest', 'train_schedule',
@@ -174,12 +175,9 @@ def create_mix_fn(
     elif isinstance(spec_or_args, str):
         try:
             members = parse_schedule(spec_or_args)
+            schedule_members(spec_or_args)      # every member known (a plugin's that failed to load: why)
         except ScheduleError as e:
             raise ValueError(str(e)) from None
-        for name, _ in members:
-            if name not in mix_modes() and not is_timm_member(name):
-                raise ValueError(f"unknown mix mode {name!r}; choose one of {', '.join(mix_modes())} (or cutmix, "
-                                 "mixup: timm's own Mixup, in a schedule)")
     else:
         raise ValueError(f"unknown mix mode {spec_or_args!r}; choose one of {', '.join(mix_modes())}")
     single = len(members) == 1 and members[0][1] in (None, 1.0) and rest is None and not cam_start_epoch
