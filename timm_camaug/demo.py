@@ -12,8 +12,8 @@ timm's own train.py instead: the data are written as an image folder and train.p
 import argparse
 import functools
 import json
-import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -113,10 +113,8 @@ def _hidden(r: RunResult) -> Optional[float]:
 
 
 def _mean_std(values: Sequence[float]):
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
-    return mean, std
+    """Mean and sample standard deviation (None for one value)."""
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def _cell(values: Sequence[float], signed: bool = False) -> str:

@@ -780,11 +780,11 @@ def run(args: argparse.Namespace) -> int:
         p, changed = patch_file(p, backup=args.backup)
         if changed and earlier:
             print(f"upgraded {p}: the patch of timm-camaug's earlier release replaced by this release's "
-                  f"({'the file as it was is in ' + p.name + '.orig; ' if args.backup else ''}"
+                  f"({'the file as it was is in ' + backup_path(p, 'patch').name + '; ' if args.backup else ''}"
                   f"`timm-camaug patch --revert {args.path}` restores timm's original)", file=out)
         elif changed:
             print(f"patched {p}: train.py now takes --mix-mode "
-                  f"({'the original is in ' + p.name + '.orig; ' if args.backup else ''}"
+                  f"({'the original is in ' + backup_path(p, 'patch').name + '; ' if args.backup else ''}"
                   f"undo with `timm-camaug patch --revert {args.path}`)", file=out)
         else:
             print(f"{p} is already patched; nothing to do", file=out)
